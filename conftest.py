@@ -1,0 +1,15 @@
+"""pytest set-up shared by the unit tests and the nbval run of chapters/.
+
+Every notebook kernel inherits this process's environment, so the profile is pinned here:
+the test suite always runs the ``test`` profile (what CI runs on 2 CPU cores), whatever the
+reader's shell says. The repository root goes on PYTHONPATH so kernels can import ``utils``.
+"""
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+os.environ["DIFFUSION_PROFILE"] = "test"
+os.environ["MPLBACKEND"] = "Agg"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+sys.path.insert(0, str(ROOT))

@@ -1,0 +1,9 @@
+"""The reference package of the companion to *The Principles of Diffusion Models*.
+
+Chapters write an algorithm out first, check it against the function here, and use this one
+from then on. See README.md, "utils at a glance".
+"""
+from . import config, data, gmm, losses, metrics, nets, plotting, samplers, schedules, targets, training, widgets
+
+__all__ = ["config", "data", "gmm", "losses", "metrics", "nets", "plotting", "samplers", "schedules",
+           "targets", "training", "widgets"]

@@ -1,0 +1,61 @@
+"""Small argument checks shared by the package: every bad input gets a ValueError that names
+the argument, the value and what was expected."""
+from __future__ import annotations
+
+import torch
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not valid; expected one of {tuple(choices)}")
+
+
+def check_positive(name: str, value) -> None:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ValueError(f"{name}={value!r} is not valid; expected a positive number")
+
+
+def check_int(name: str, value, minimum: int = 1) -> None:
+    if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
+        raise ValueError(f"{name}={value!r} is not valid; expected an int >= {minimum}")
+
+
+def check_batch(name: str, x, ndim_min: int = 2) -> None:
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} has type {type(x).__name__}; expected a torch.Tensor of shape (B, *D)")
+    if x.ndim < ndim_min:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, *D) with at least {ndim_min} dims")
+
+
+def as_time(t, like: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
+    """``t`` (float, 0-d or (B,) tensor) as a float tensor, checked to lie in [0, 1].
+
+    With ``like``, the result takes its dtype and device; with ``batch``, a scalar is expanded
+    to shape (batch,) and a (B,) tensor must have B == batch.
+    """
+    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float64
+    device = like.device if like is not None else None
+    if isinstance(t, torch.Tensor):
+        t = t.to(dtype=dtype, device=device)
+    elif isinstance(t, (int, float)) and not isinstance(t, bool):
+        t = torch.tensor(float(t), dtype=dtype, device=device)
+    else:
+        raise ValueError(f"t has type {type(t).__name__}; expected a float or a tensor of shape (B,)")
+    if t.ndim > 1:
+        raise ValueError(f"t has shape {tuple(t.shape)}; expected a float or a tensor of shape (B,)")
+    if torch.isnan(t).any() or (t < 0).any() or (t > 1).any():
+        lo, hi = float(t.min()), float(t.max())
+        raise ValueError(f"t has values in [{lo:g}, {hi:g}]; expected times in [0, 1] (t=0 data, t=1 prior)")
+    if batch is not None:
+        if t.ndim == 0:
+            t = t.expand(batch)
+        elif t.shape[0] != batch:
+            raise ValueError(f"t has shape {tuple(t.shape)}; expected a float or shape ({batch},) to match x")
+    return t
+
+
+def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Append trailing singleton dims so a (B,) coefficient broadcasts against a (B, *D) tensor."""
+    if v.ndim > ndim:
+        raise ValueError(f"cannot broadcast a tensor of shape {tuple(v.shape)} to {ndim} dims")
+    return v.reshape(*v.shape, *([1] * (ndim - v.ndim)))

@@ -1,0 +1,94 @@
+"""ipywidgets explorers that also render a static figure when no front end is attached.
+
+Under nbval (and in the ``test`` profile) there is a kernel but nobody to move a slider, so
+:func:`explore` draws the figure at the sliders' default values instead; a reader in JupyterLab
+gets the sliders. Pass ``static=True/False`` to force either.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import torch
+
+from . import config
+from .plotting import plot_samples, plot_vector_field
+
+
+def _interactive_session() -> bool:
+    if config.get_profile() == "test":
+        return False
+    try:
+        from IPython import get_ipython
+
+        shell = get_ipython()
+        return shell is not None and hasattr(shell, "kernel")
+    except ImportError:
+        return False
+
+
+def explore(draw, sliders: dict, static: bool | None = None):
+    """Sliders over the keyword arguments of ``draw(**params) -> matplotlib Figure``.
+
+    ``sliders`` maps a name to ``(min, max, step, default)`` (a float slider), or to a list of
+    options (a dropdown, default the first). Returns the ipywidgets ``interactive`` object, or
+    the static Figure drawn at the defaults.
+    """
+    if not isinstance(sliders, dict) or not sliders:
+        raise ValueError(f"sliders={sliders!r} is not valid; expected a dict name -> (min, max, step, default) or options")
+    defaults = {}
+    for name, spec in sliders.items():
+        if isinstance(spec, (list, tuple)) and len(spec) == 4 and all(isinstance(v, (int, float)) for v in spec):
+            lo, hi, step, default = spec
+            if not lo <= default <= hi:
+                raise ValueError(f"slider {name!r} has default {default} outside [{lo}, {hi}]")
+            defaults[name] = default
+        elif isinstance(spec, (list, tuple)) and spec:
+            defaults[name] = spec[0]
+        else:
+            raise ValueError(f"slider {name!r}={spec!r} is not valid; expected (min, max, step, default) or options")
+    static = not _interactive_session() if static is None else static
+    if static:
+        return draw(**defaults)
+    import ipywidgets as w
+
+    controls = {}
+    for name, spec in sliders.items():
+        if name in defaults and isinstance(spec, (list, tuple)) and len(spec) == 4 and \
+                all(isinstance(v, (int, float)) for v in spec):
+            lo, hi, step, default = spec
+            cls = w.IntSlider if all(isinstance(v, int) for v in spec) else w.FloatSlider
+            controls[name] = cls(min=lo, max=hi, step=step, value=default, description=name,
+                                 continuous_update=False)
+        else:
+            controls[name] = w.Dropdown(options=list(spec), value=spec[0], description=name)
+
+    def _show(**params):
+        fig = draw(**params)
+        plt.show()
+        return None
+
+    return w.interactive(_show, **controls)
+
+
+def velocity_field_explorer(model, oracle=None, lim: float = 3.0, n_arrows: int = 17,
+                            samples=None, static: bool | None = None, t_default: float = 0.5):
+    """Slider over t: the PF-ODE velocity field of ``model`` (a Denoiser) beside the exact one of
+    ``oracle`` (a MixtureDenoiser), with the oracle's marginal density p_t underneath and optional
+    data ``samples`` (N, 2) overlaid."""
+    denoisers = [("model", model)] + ([("exact (oracle)", oracle)] if oracle is not None else [])
+
+    def draw(t=t_default):
+        fig, axes = plt.subplots(1, len(denoisers), figsize=(4.2 * len(denoisers), 4.2), squeeze=False)
+        for ax, (name, d) in zip(axes[0], denoisers):
+            if oracle is not None:
+                from .plotting import plot_density
+
+                plot_density(lambda p: oracle.log_prob(p, t), ax=ax, lim=lim, cmap="Greys")
+            if samples is not None:
+                plot_samples(samples, ax=ax, lim=lim, s=1, alpha=0.2)
+            field = lambda p, d=d: d.velocity(p.to(torch.get_default_dtype()) if name == "model" else p, t)
+            plot_vector_field(field, ax=ax, lim=lim, n=n_arrows, color="C3" if name == "model" else "C0",
+                              title=f"{name}: velocity at t={t:.2f}")
+        fig.tight_layout()
+        return fig
+
+    return explore(draw, {"t": (0.0, 1.0, 0.02, t_default)}, static=static)
