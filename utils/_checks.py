@@ -33,8 +33,13 @@ def as_time(t, like: torch.Tensor | None = None, batch: int | None = None) -> to
     With ``like``, the result takes its dtype and device; with ``batch``, a scalar is expanded
     to shape (batch,) and a (B,) tensor must have B == batch.
     """
-    dtype = like.dtype if like is not None and like.is_floating_point() else torch.float64
-    device = like.device if like is not None else None
+    if like is not None and like.is_floating_point():
+        dtype = like.dtype
+    elif isinstance(t, torch.Tensor) and t.is_floating_point():
+        dtype = t.dtype  # a float32 t stays float32 (schedules.py: "else t's dtype")
+    else:
+        dtype = torch.float64
+    device = like.device if like is not None else (t.device if isinstance(t, torch.Tensor) else None)
     if isinstance(t, torch.Tensor):
         t = t.to(dtype=dtype, device=device)
     elif isinstance(t, (int, float)) and not isinstance(t, bool):

@@ -90,3 +90,29 @@ def setup(seed: int = 0, threads: int | None = None, verbose: bool = True):
         print(f"profile={profile}  device={device}  seed={seed}  torch={torch.__version__}  "
               f"threads={torch.get_num_threads()}")
     return profile, device, generator
+
+
+BENCHMARK_ENV = "DIFFUSION_BENCHMARK_OUT"
+
+
+def record(**figures) -> dict:
+    """Hand a chapter's key figures to the benchmark script (``tests/benchmark.py``).
+
+    A no-op for readers; when ``$DIFFUSION_BENCHMARK_OUT`` names a file, the figures (plain
+    numbers or strings) are merged into that JSON file. Returns the figures.
+    """
+    import json
+
+    for k, v in figures.items():
+        if not isinstance(v, (int, float, str, bool)):
+            raise ValueError(f"{k}={v!r} is not valid; expected a plain number or string")
+    path = os.environ.get(BENCHMARK_ENV)
+    if path:
+        old = {}
+        if os.path.exists(path):
+            with open(path) as fh:
+                old = json.load(fh)
+        old.update({k: (float(v) if isinstance(v, float) else v) for k, v in figures.items()})
+        with open(path, "w") as fh:
+            json.dump(old, fh, indent=1)
+    return figures

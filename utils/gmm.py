@@ -9,8 +9,8 @@ With responsibilities r_k(x) = w_k N(x; alpha mu_k, C_k) / p_t(x) and d_k = x - 
 
     score(x)     = -sum_k r_k C_k^{-1} d_k
     E[x0 | x_t]  =  sum_k r_k (mu_k + alpha Sigma_k C_k^{-1} d_k)        (Gaussian conditioning)
-    E[eps | x_t] = -sigma score(x)                                        (Tweedie, §3.3, §6.3)
-    velocity     =  alpha' E[x0 | x_t] + sigma' E[eps | x_t]               (PF-ODE, §4.2)
+    E[eps | x_t] = -sigma score(x)                                        (Tweedie, Ch. 3, Ch. 6)
+    velocity     =  alpha' E[x0 | x_t] + sigma' E[eps | x_t]               (PF-ODE, Ch. 4)
 
 :meth:`GaussianMixture.denoiser` returns these through the :class:`~utils.targets.Denoiser`
 interface, so samplers, solvers, likelihoods and metrics can be run against the truth.
@@ -45,9 +45,9 @@ class GaussianMixture:
         K, D = means.shape
         covs = torch.as_tensor(covs, dtype=torch.float64)
         if covs.ndim <= 1:  # isotropic standard deviations
-            std = covs.expand(K) if covs.ndim == 1 else covs.expand(K)
             if covs.ndim == 1 and covs.shape[0] != K:
                 raise ValueError(f"covs has shape {tuple(covs.shape)}; expected (K,)=({K},) stds or (K, D, D)")
+            std = covs.expand(K)
             if (std <= 0).any():
                 raise ValueError(f"covs has non-positive standard deviations {std.tolist()}; expected > 0")
             covs = std[:, None, None] ** 2 * torch.eye(D, dtype=torch.float64)
@@ -113,7 +113,8 @@ class GaussianMixture:
         if ((y < 0) | (y >= self.num_classes)).any():
             raise ValueError(f"y has labels outside [0, {self.num_classes}); got {y.unique().tolist()}")
         mask = self.labels[None, :] == y[:, None]
-        return torch.where(mask, logw, torch.full_like(logw, -math.inf))
+        logw = torch.where(mask, logw, torch.full_like(logw, -math.inf))
+        return logw - torch.logsumexp(logw, dim=1, keepdim=True)  # p(k | y): log_prob is log p_t(x | y)
 
     def _terms(self, x: torch.Tensor, t, schedule: Schedule | None, y=None):
         """log p_t(x), score and E[x0|x] in float64 for x: (B, D)."""
@@ -131,11 +132,18 @@ class GaussianMixture:
             tt = as_time(t, like=x, batch=B)
             a, s = schedule.alpha(tt), schedule.sigma(tt)
         eye = torch.eye(D, dtype=torch.float64)
-        C = a[:, None, None, None] ** 2 * self.covs + s[:, None, None, None] ** 2 * eye   # (B,K,D,D)
-        L = torch.linalg.cholesky(C)
         d = x[:, None, :] - a[:, None, None] * self.means                                  # (B,K,D)
-        Cinv_d = torch.cholesky_solve(d[..., None], L).squeeze(-1)                         # (B,K,D)
-        logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)                # (B,K)
+        if bool((a == a[0]).all() and (s == s[0]).all()):
+            # one time for the whole batch (the common case in samplers): factor K matrices, not B*K
+            L = torch.linalg.cholesky(a[0] ** 2 * self.covs + s[0] ** 2 * eye)             # (K,D,D)
+            Cinv_d = torch.cholesky_solve(d.transpose(0, 1).transpose(1, 2), L)            # (K,D,B)
+            Cinv_d = Cinv_d.transpose(1, 2).transpose(0, 1)                                 # (B,K,D)
+            logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1).expand(B, -1)
+        else:
+            C = a[:, None, None, None] ** 2 * self.covs + s[:, None, None, None] ** 2 * eye  # (B,K,D,D)
+            L = torch.linalg.cholesky(C)
+            Cinv_d = torch.cholesky_solve(d[..., None], L).squeeze(-1)                     # (B,K,D)
+            logdet = 2 * torch.log(torch.diagonal(L, dim1=-2, dim2=-1)).sum(-1)            # (B,K)
         logN = -0.5 * (d * Cinv_d).sum(-1) - 0.5 * logdet - 0.5 * D * math.log(2 * math.pi)
         joint = self._log_weights(y, B) + logN
         log_p = torch.logsumexp(joint, dim=1)
@@ -146,7 +154,7 @@ class GaussianMixture:
         return log_p, score, x0, s
 
     def log_prob(self, x, t=None, schedule: Schedule | None = None, y=None) -> torch.Tensor:
-        """log p_t(x) (log p_0 without t), shape (B,), in x's dtype."""
+        """log p_t(x) (log p_0 without t; log p_t(x | y) with y), shape (B,), in x's dtype."""
         return self._terms(x, t, schedule, y)[0].to(x.dtype)
 
     def score(self, x, t=None, schedule: Schedule | None = None, y=None) -> torch.Tensor:

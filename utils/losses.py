@@ -1,15 +1,15 @@
-"""Training losses as one regression (monograph §6.1, §6.2).
+"""Training losses as one regression (monograph Ch. 6).
 
 Every loss here draws t ~ U[t_lo, t_hi] and eps ~ N(0, I), forms x_t = alpha_t x_0 + sigma_t eps
 and regresses the network on one target, each a linear combination A_t x_0 + B_t eps:
 
-    eps      (DDPM's L_simple, §2.2)          A = 0,          B = 1
+    eps      (DDPM's L_simple, Ch. 2)          A = 0,          B = 1
     x0       (the denoiser)                   A = 1,          B = 0
-    score    (denoising score matching, §3.3) A = 0,          B = -1/sigma_t   (target -eps/sigma_t)
-    velocity (flow matching, §5.3)            A = alpha'_t,   B = sigma'_t
+    score    (denoising score matching, Ch. 3) A = 0,          B = -1/sigma_t   (target -eps/sigma_t)
+    velocity (flow matching, Sec. 5.3)            A = alpha'_t,   B = sigma'_t
 
 with a weighting w(t): loss = E_t,x0,eps [ w(t) || net(x_t, t) - target ||^2 ]. The choices are
-equivalent up to w(t) (§6.2): e.g. score matching with w = sigma^2 is L_simple.
+equivalent up to w(t) (Ch. 6): e.g. score matching with w = sigma^2 is L_simple.
 """
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class DiffusionLoss:
 
 
 def flow_matching_loss(conditional: bool = False, label_dropout: float = 0.0) -> DiffusionLoss:
-    """Conditional flow matching on the linear path x_t = (1 - t) x0 + t eps (§5.3): the net
+    """Conditional flow matching on the linear path x_t = (1 - t) x0 + t eps (Sec. 5.3): the net
     regresses the conditional velocity eps - x0 (data at t = 0 in this book's clock)."""
     return DiffusionLoss(LinearPath(), "velocity", t_range=(0.0, 1.0), conditional=conditional,
                          label_dropout=label_dropout)

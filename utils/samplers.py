@@ -1,4 +1,4 @@
-"""Samplers over an explicit time grid (monograph §2.2, §3.4, §4.2-§4.3).
+"""Samplers over an explicit time grid (monograph Ch. 2, Ch. 3, Ch. 4).
 
 Each sampler is one small function ``sample_<name>(denoiser, x, grid, ..., callback=None)``:
 ``denoiser`` is any :class:`utils.targets.Denoiser` (a trained net or the exact oracle),
@@ -78,7 +78,7 @@ def sample_prior(schedule: Schedule, shape, generator=None, dtype=torch.float32,
     return (schedule.prior_std() * z).to(device) if device is not None else schedule.prior_std() * z
 
 
-# --- probability-flow ODE: dx/dt = velocity(x, t) (§4.2) -----------------------------------------
+# --- probability-flow ODE: dx/dt = velocity(x, t) (Ch. 4) -----------------------------------------
 
 @torch.no_grad()
 def sample_euler(denoiser: Denoiser, x, grid, y=None, callback=None):
@@ -134,7 +134,7 @@ def sample_rk4(denoiser: Denoiser, x, grid, y=None, callback=None):
     return x
 
 
-# --- reverse-time SDE: dx = [f x - g^2 score] dt + g dW_bar (§4.2) ----------------------------
+# --- reverse-time SDE: dx = [f x - g^2 score] dt + g dW_bar (Ch. 4) ----------------------------
 
 def _sde_coefficients(schedule, t, x):
     f, g2 = float(schedule.f(t)), float(schedule.g2(t))
@@ -146,7 +146,7 @@ def _sde_coefficients(schedule, t, x):
 
 @torch.no_grad()
 def sample_euler_maruyama(denoiser: Denoiser, x, grid, y=None, generator=None, callback=None):
-    """Reverse SDE by Euler-Maruyama (§4.2): with dt = t_next - t < 0,
+    """Reverse SDE by Euler-Maruyama (Ch. 4): with dt = t_next - t < 0,
     x <- x + (f x - g^2 score) dt + g sqrt(|dt|) z. The last step adds no noise (it returns the mean)."""
     grid = _start(denoiser, x, grid, callback)
     sched = denoiser.schedule
@@ -164,7 +164,7 @@ def sample_euler_maruyama(denoiser: Denoiser, x, grid, y=None, generator=None, c
 
 @torch.no_grad()
 def sample_ancestral(denoiser: Denoiser, x, grid, y=None, generator=None, callback=None):
-    """Ancestral sampling (DDPM's Alg. 2 on any grid and schedule, §2.2): draw x_s from the
+    """Ancestral sampling (DDPM's Alg. 2 on any grid and schedule, Ch. 2): draw x_s from the
     forward posterior q(x_s | x_t, x0 = x0_hat), s < t:
 
         alpha_ts = alpha_t / alpha_s,  sigma_ts^2 = sigma_t^2 - alpha_ts^2 sigma_s^2,
@@ -189,11 +189,11 @@ def sample_ancestral(denoiser: Denoiser, x, grid, y=None, generator=None, callba
     return x
 
 
-# --- Langevin dynamics (§3.1, §3.4) -----------------------------------------------------------
+# --- Langevin dynamics (Ch. 3) -----------------------------------------------------------
 
 @torch.no_grad()
 def sample_langevin(score, x, step_size: float, n_steps: int, generator=None, callback=None):
-    """Unadjusted Langevin dynamics for a score callable ``score(x) -> grad log p(x)`` (§3.1):
+    """Unadjusted Langevin dynamics for a score callable ``score(x) -> grad log p(x)`` (Ch. 3):
     x <- x + eta score(x) + sqrt(2 eta) z. It targets p as eta -> 0 and n_steps -> infinity."""
     check_positive("step_size", step_size)
     check_int("n_steps", n_steps)
@@ -208,14 +208,15 @@ def sample_langevin(score, x, step_size: float, n_steps: int, generator=None, ca
 @torch.no_grad()
 def sample_annealed_langevin(denoiser: Denoiser, x, grid, n_inner: int = 10, step_size: float = 1e-4,
                              y=None, generator=None, callback=None):
-    """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Alg. 1; §3.4): at each noise level
+    """NCSN's annealed Langevin dynamics (Song & Ermon 2019, Alg. 1; Ch. 3): at each noise level
     t_i of the grid run ``n_inner`` Langevin steps on p_{t_i} with step
-    eta_i = step_size * (sigma_i / sigma_last)^2, where sigma = sigma_t / alpha_t.
+    eta_i = step_size * (sigma_i / sigma_last)^2, where sigma_i = sigma_{t_i} is the noise std of
+    p_{t_i} (for VE, NCSN's noise levels; for VP, not the exploding sigma_t / alpha_t).
     The final state is denoised once with Tweedie's formula (Jolicoeur-Martineau et al. 2021)."""
     grid = _start(denoiser, x, grid, callback)
     check_int("n_inner", n_inner)
     check_positive("step_size", step_size)
-    levels = denoiser.schedule.noise_level(grid)
+    levels = denoiser.schedule.sigma(grid)
     for i in range(len(grid)):
         t = float(grid[i])
         eta = step_size * float(levels[i] / levels[-1]) ** 2
@@ -229,7 +230,7 @@ def sample_annealed_langevin(denoiser: Denoiser, x, grid, n_inner: int = 10, ste
 @torch.no_grad()
 def sample_predictor_corrector(denoiser: Denoiser, x, grid, n_corrector: int = 1, snr: float = 0.16,
                                y=None, generator=None, callback=None):
-    """Predictor-corrector sampling (Song et al. 2021, Alg. 1; §4.3): a reverse-SDE Euler-Maruyama
+    """Predictor-corrector sampling (Song et al. 2021, Alg. 1; Ch. 4): a reverse-SDE Euler-Maruyama
     predictor step, then ``n_corrector`` Langevin corrector steps at the new time with the step set
     by a target signal-to-noise ratio: eta = 2 (snr ||z|| / ||score||)^2."""
     grid = _start(denoiser, x, grid, callback)

@@ -1,4 +1,4 @@
-"""Noise schedules x_t = alpha_t x_0 + sigma_t eps and time grids (monograph §4.1, §6.1, §9.x).
+"""Noise schedules x_t = alpha_t x_0 + sigma_t eps and time grids (monograph Ch. 4, Ch. 6, Ch. 9).
 
 Time runs from data (t = 0) to prior (t = 1). A schedule is the pair (alpha_t, sigma_t) with
 their time derivatives; from it follow
@@ -6,7 +6,7 @@ their time derivatives; from it follow
 * the log-SNR            lambda_t = log(alpha_t / sigma_t)  (decreasing in t) and its inverse,
 * the EDM noise level    sigma~_t = sigma_t / alpha_t = exp(-lambda_t),
 * the forward SDE        dx = f(t) x dt + g(t) dW  with  f = alpha'/alpha,
-                         g^2 = d(sigma^2)/dt - 2 f sigma^2  (§4.1.2),
+                         g^2 = d(sigma^2)/dt - 2 f sigma^2  (Ch. 4),
   whose marginals equal the kernel's.
 
 Schedules whose natural clock is not [0, 1] are put on t in [0, 1] by a change of clock that the
@@ -84,12 +84,12 @@ class Schedule:
         return self._t_from_log_snr(lam).clamp(0.0, 1.0)
 
     def f(self, t) -> torch.Tensor:
-        """Drift coefficient of the forward SDE, f(t) = alpha'_t / alpha_t (§4.1.2)."""
+        """Drift coefficient of the forward SDE, f(t) = alpha'_t / alpha_t (Ch. 4)."""
         t = as_time(t)
         return self._d_alpha(t) / self._alpha(t)
 
     def g2(self, t) -> torch.Tensor:
-        """Squared diffusion coefficient, g(t)^2 = 2 sigma sigma' - 2 f sigma^2 (§4.1.2)."""
+        """Squared diffusion coefficient, g(t)^2 = 2 sigma sigma' - 2 f sigma^2 (Ch. 4)."""
         t = as_time(t)
         a, s, da, ds = self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t)
         return 2 * s * ds - 2 * (da / a) * s ** 2
@@ -126,7 +126,7 @@ class Schedule:
 
 class VPLinear(Schedule):
     """Variance-preserving SDE with linear beta(t) = beta_min + t (beta_max - beta_min): the
-    continuous-time limit of DDPM's beta range 1e-4..0.02 over 1000 steps (§4.1.3).
+    continuous-time limit of DDPM's beta range 1e-4..0.02 over 1000 steps (Ch. 4).
 
     log alpha_t = -(beta_min t + (beta_max - beta_min) t^2 / 2) / 2,  sigma_t = sqrt(1 - alpha_t^2),
     f(t) = -beta(t)/2, g(t)^2 = beta(t).
@@ -164,6 +164,10 @@ class VPLinear(Schedule):
     def _d_sigma(self, t):
         return -self._alpha(t) * self._d_alpha(t) / self._sigma(t)
 
+    def g2(self, t) -> torch.Tensor:
+        """g(t)^2 = beta(t) in closed form (the general formula is 0 * inf at t = 0)."""
+        return self.beta(t)
+
     def _t_from_log_snr(self, lam):
         # alpha^2 = sigmoid(2 lambda)  =>  (b1 - b0)/2 t^2 + b0 t + log sigmoid(2 lambda) = 0
         log_a2 = torch.nn.functional.logsigmoid(2 * lam.to(torch.float64))
@@ -172,7 +176,7 @@ class VPLinear(Schedule):
 
 
 class VPCosine(Schedule):
-    """Variance-preserving cosine schedule of Nichol & Dhariwal (2021) (§4.1.3):
+    """Variance-preserving cosine schedule of Nichol & Dhariwal (2021) (Ch. 4):
     alpha_t = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s)), sigma_t = sqrt(1 - alpha_t^2).
 
     alpha_1 = 0 exactly, so f and g diverge at t = 1: ODE samplers may start at t = 1, the reverse
@@ -195,7 +199,8 @@ class VPCosine(Schedule):
         return math.pi / 2 * (t + self.s) / (1 + self.s)
 
     def _alpha(self, t):
-        return (torch.cos(self._phase(t)) / self._c).clamp(0.0, 1.0)
+        alpha = (torch.cos(self._phase(t)) / self._c).clamp(0.0, 1.0)
+        return torch.where(t >= 1, torch.zeros_like(alpha), alpha)  # cos(pi/2) is 6e-17 in floating point
 
     def _sigma(self, t):
         return torch.sqrt((1 - self._alpha(t) ** 2).clamp_min(0.0))
@@ -206,13 +211,18 @@ class VPCosine(Schedule):
     def _d_sigma(self, t):
         return -self._alpha(t) * self._d_alpha(t) / self._sigma(t)
 
+    def g2(self, t) -> torch.Tensor:
+        """g(t)^2 = -2 f(t) for a variance-preserving schedule (the general formula is 0 * inf
+        at t = 0)."""
+        return -2 * self.f(t)
+
     def _t_from_log_snr(self, lam):
         alpha = torch.sigmoid(2 * lam.to(torch.float64)).sqrt()
         return 2 / math.pi * (1 + self.s) * torch.acos((alpha * self._c).clamp(-1, 1)) - self.s
 
 
 class VE(Schedule):
-    """Variance-exploding schedule of NCSN / score SDE (§3.4, §4.1.3): alpha_t = 1 and
+    """Variance-exploding schedule of NCSN / score SDE (Ch. 3, Ch. 4): alpha_t = 1 and
     sigma_t = sigma_min (sigma_max / sigma_min)^t (geometric noise levels on the clock t in [0, 1]).
 
     f = 0, g(t)^2 = 2 sigma_t^2 log(sigma_max / sigma_min). The prior is N(0, sigma_max^2 I).
@@ -248,7 +258,7 @@ class VE(Schedule):
 
 
 class LinearPath(Schedule):
-    """The linear ("rectified flow", conditional-OT) path alpha_t = 1 - t, sigma_t = t (§5.3).
+    """The linear ("rectified flow", conditional-OT) path alpha_t = 1 - t, sigma_t = t (Sec. 5.3).
 
     Flow-matching papers run this path the other way (t = 1 data); this book does not.
     f(t) = -1/(1 - t) diverges at t = 1: ODE samplers may start at t = 1, the reverse SDE at
@@ -276,7 +286,7 @@ class LinearPath(Schedule):
 
 
 class EDM(Schedule):
-    """EDM's schedule sigma(tau) = tau, alpha = 1 (Karras et al. 2022; §9.x), on t in [0, 1] by
+    """EDM's schedule sigma(tau) = tau, alpha = 1 (Karras et al. 2022; Ch. 9), on t in [0, 1] by
     the change of clock tau = sigma_max * t: sigma_t = sigma_max t.
 
     f = 0, g(t)^2 = 2 sigma_max^2 t. EDM's rho-spaced sampling times are :func:`edm_grid`.
@@ -339,7 +349,7 @@ def uniform_grid(n_steps: int, t_max: float = 1.0, t_min: float = 0.0) -> torch.
 
 def log_snr_grid(schedule: Schedule, n_steps: int, t_max: float | None = None,
                  t_min: float | None = None) -> torch.Tensor:
-    """n_steps + 1 times uniform in log-SNR lambda_t (DPM-Solver's choice, §9.x)."""
+    """n_steps + 1 times uniform in log-SNR lambda_t (DPM-Solver's choice, Ch. 9)."""
     check_int("n_steps", n_steps)
     t_max = schedule.t_max if t_max is None else t_max
     t_min = schedule.t_min if t_min is None else t_min

@@ -1,4 +1,4 @@
-"""The four prediction targets and the ``Denoiser`` interface (monograph §6.2-§6.3).
+"""The four prediction targets and the ``Denoiser`` interface (monograph Ch. 6).
 
 Given x_t = alpha_t x_0 + sigma_t eps, any one of
 
@@ -79,7 +79,7 @@ def convert(pred: torch.Tensor, source: str, target: str, x: torch.Tensor, t,
 
 
 class Denoiser:
-    """A model that answers all four targets (§6.3).
+    """A model that answers all four targets (Ch. 6).
 
     ``net(x, t)`` (or ``net(x, t, y)`` for a label-conditioned net) predicts ``target`` for
     x: (B, *D) and t: (B,). Methods take t as a float or a (B,) tensor in [0, 1] and an optional
@@ -124,7 +124,7 @@ class Denoiser:
         return self._answer("score", x, t, y)
 
     def velocity(self, x, t, y=None) -> torch.Tensor:
-        """The PF-ODE velocity alpha'_t E[x0|x] + sigma'_t E[eps|x] (dx/dt, §4.2, §5.3)."""
+        """The PF-ODE velocity alpha'_t E[x0|x] + sigma'_t E[eps|x] (dx/dt, Ch. 4, Sec. 5.3)."""
         return self._answer("velocity", x, t, y)
 
     def __call__(self, x, t, y=None, target: str = "x0") -> torch.Tensor:

@@ -1,0 +1,148 @@
+"""Profiles (DIFFUSION_PROFILE), pick(), seeding; plotting helpers return axes; widgets.explore
+draws a static figure without a front end."""
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt
+import pytest
+import torch
+
+from utils import config, plotting, samplers, training, widgets
+from utils.data import toy_gmm
+from utils.schedules import LinearPath, uniform_grid
+
+
+@pytest.mark.parametrize("value, expected", [("test", "test"), ("cpu", "cpu"), ("gpu", "gpu"),
+                                             (" GPU ", "gpu"), ("Test", "test")])
+def test_profile_from_environment(monkeypatch, value, expected):
+    monkeypatch.setenv(config.ENV_VAR, value)
+    assert config.get_profile() == expected
+
+
+def test_profile_unset_follows_cuda(monkeypatch):
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config.get_profile() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.get_profile() == "gpu"
+    monkeypatch.setenv(config.ENV_VAR, "")
+    assert config.get_profile() == "gpu"
+
+
+def test_bad_profile(monkeypatch):
+    monkeypatch.setenv(config.ENV_VAR, "laptop")
+    with pytest.raises(ValueError, match="DIFFUSION_PROFILE='laptop'"):
+        config.get_profile()
+    with pytest.raises(ValueError, match="profile='tpu'"):
+        config.get_device("tpu")
+    with pytest.raises(ValueError, match="profile='big'"):
+        config.pick({"test": 1, "cpu": 2}, profile="big")
+
+
+def test_device(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert config.get_device("test") == torch.device("cpu")
+    assert config.get_device("gpu") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert config.get_device("gpu") == torch.device("cpu")
+
+
+def test_pick(monkeypatch):
+    table = {"test": dict(steps=3), "cpu": dict(steps=30), "gpu": dict(steps=300)}
+    assert config.pick(table, "test") == {"steps": 3}
+    assert config.pick(table, "gpu") == {"steps": 300}
+    assert config.pick({"test": 1, "cpu": 2}, "gpu") == 2  # gpu falls back to cpu
+    monkeypatch.setenv(config.ENV_VAR, "cpu")
+    assert config.pick(table) == {"steps": 30}
+    with pytest.raises(ValueError, match="table is missing the profiles \\['cpu'\\]"):
+        config.pick({"test": 1})
+    with pytest.raises(ValueError, match="table has unknown profiles \\['tpu'\\]"):
+        config.pick({"test": 1, "cpu": 2, "tpu": 3})
+
+
+def test_seed_and_setup(monkeypatch, capsys):
+    g = config.seed_everything(3)
+    a = torch.rand(3)
+    assert torch.equal(torch.rand(2, generator=g), torch.rand(2, generator=torch.Generator().manual_seed(3)))
+    config.seed_everything(3)
+    assert torch.equal(torch.rand(3), a)
+    with pytest.raises(ValueError, match="seed=-1"):
+        config.seed_everything(-1)
+    monkeypatch.setenv(config.ENV_VAR, "test")
+    profile, device, gen = config.setup(seed=0)
+    assert profile == "test" and device == torch.device("cpu") and isinstance(gen, torch.Generator)
+    assert "profile=test" in capsys.readouterr().out
+
+
+# --- plotting and widgets -------------------------------------------------------------------------
+
+MIX = toy_gmm("8gaussians")
+
+
+def test_plotting_helpers_return_axes():
+    x, y = MIX.sample(200, torch.Generator().manual_seed(0))
+    fig, axes = plt.subplots(1, 6)
+    try:
+        assert plotting.plot_samples(x, ax=axes[0], labels=y, title="samples") is axes[0]
+        assert plotting.plot_density(MIX.log_prob, ax=axes[1], n=30, title="p") is axes[1]
+        assert plotting.plot_density(MIX.log_prob, ax=axes[2], n=30, log=True) is axes[2]
+        oracle = MIX.denoiser(LinearPath())
+        assert plotting.plot_vector_field(lambda p: oracle.velocity(p, 0.5), ax=axes[3], n=9) is axes[3]
+        assert plotting.plot_vector_field(lambda p: oracle.velocity(p, 0.5), ax=axes[4], n=9, kind="stream",
+                                          normalize=True) is axes[4]
+        rec = samplers.Recorder()
+        samplers.sample_euler(oracle, torch.randn(10, 2, dtype=torch.float64), uniform_grid(5), callback=rec)
+        assert plotting.plot_trajectories(rec.xs, ax=axes[5]) is axes[5]
+        with pytest.raises(ValueError, match="kind='arrows'"):
+            plotting.plot_vector_field(lambda p: p, ax=axes[3], kind="arrows")
+    finally:
+        plt.close(fig)
+    fig, ax = plt.subplots()
+    try:
+        assert plotting.plot_loss(training.History(losses=[1.0, 0.5, 0.3, 0.2]), ax=ax, window=2) is ax
+        assert plotting.plot_loss([1.0, 0.5], ax=ax) is ax
+    finally:
+        plt.close(fig)
+    pts, X, Y = plotting.grid_points(2.0, 5)
+    assert pts.shape == (25, 2) and X.shape == (5, 5)
+    plt.figure()
+    assert plotting.plot_samples(x) is plt.gca()  # ax=None draws on the current axes
+    plt.close("all")
+
+
+def test_explore_static_returns_a_figure():
+    def draw(t=0.5, name="a"):
+        fig, ax = plt.subplots()
+        ax.set_title(f"{name} {t}")
+        return fig
+
+    fig = widgets.explore(draw, {"t": (0.0, 1.0, 0.1, 0.3), "name": ["b", "c"]}, static=True)
+    assert isinstance(fig, matplotlib.figure.Figure)
+    assert fig.axes[0].get_title() == "b 0.3"
+    plt.close(fig)
+    # under the test profile (no front end) explore draws the static figure by default
+    fig = widgets.explore(draw, {"t": (0.0, 1.0, 0.1, 0.3)})
+    assert isinstance(fig, matplotlib.figure.Figure)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="sliders"):
+        widgets.explore(draw, {})
+    with pytest.raises(ValueError, match="slider 't' has default 2"):
+        widgets.explore(draw, {"t": (0.0, 1.0, 0.1, 2.0)}, static=True)
+    with pytest.raises(ValueError, match="slider 't'"):
+        widgets.explore(draw, {"t": 0.5}, static=True)
+
+
+def test_explore_interactive_builds_widgets():
+    pytest.importorskip("ipywidgets")
+    w = widgets.explore(lambda t=0.5: plt.figure(), {"t": (0.0, 1.0, 0.1, 0.5)}, static=False)
+    assert hasattr(w, "children")
+    plt.close("all")
+
+
+def test_velocity_field_explorer_static():
+    oracle = MIX.denoiser(LinearPath())
+    fig = widgets.velocity_field_explorer(oracle, oracle=oracle, n_arrows=7, static=True,
+                                          samples=MIX.sample(50)[0])
+    assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 2
+    plt.close(fig)
