@@ -47,7 +47,9 @@ def explore(draw, sliders: dict, static: bool | None = None):
             raise ValueError(f"slider {name!r}={spec!r} is not valid; expected (min, max, step, default) or options")
     static = not _interactive_session() if static is None else static
     if static:
-        return draw(**defaults)
+        fig = draw(**defaults)
+        plt.close(fig)  # shown once, as the cell's value, not a second time by the inline backend
+        return fig
     import ipywidgets as w
 
     controls = {}
