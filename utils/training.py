@@ -31,18 +31,25 @@ class History:
 
 
 class EMA:
-    """Exponential moving average of a module's parameters: theta_ema <- d theta_ema + (1-d) theta."""
+    """Exponential moving average of a module's parameters: theta_ema <- d theta_ema + (1-d) theta.
 
-    def __init__(self, net: torch.nn.Module, decay: float = 0.999):
+    With ``warmup=True`` the k-th update uses d_k = min(decay, (1 + k) / (10 + k)), so the average
+    forgets the random initialisation quickly: with a constant 0.999, a 1,000-step run would still
+    carry 0.999^1000 = 37% of the initial weights.
+    """
+
+    def __init__(self, net: torch.nn.Module, decay: float = 0.999, warmup: bool = False):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f"decay={decay!r} is not valid; expected a number in [0, 1)")
-        self.decay = decay
+        self.decay, self.warmup, self.updates = decay, warmup, 0
         self.model = copy.deepcopy(net).eval().requires_grad_(False)
 
     @torch.no_grad()
     def update(self, net: torch.nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.warmup else self.decay
         for p_ema, p in zip(self.model.parameters(), net.parameters()):
-            p_ema.lerp_(p.detach(), 1.0 - self.decay)
+            p_ema.lerp_(p.detach(), 1.0 - d)
         for b_ema, b in zip(self.model.buffers(), net.buffers()):
             b_ema.copy_(b)
 
@@ -70,7 +77,8 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
             ``data(n, generator)`` returning fresh x (or (x, y)) for each batch (toy sets).
         steps, batch_size, lr: the run; ``lr_schedule`` is ``cosine`` (decay to 0) or ``constant``,
             after ``warmup`` linear warm-up steps.
-        ema_decay: decay of the EMA copy that is returned (0 returns a plain copy).
+        ema_decay: decay of the EMA copy that is returned (0 returns a plain copy); the decay
+            warms up as min(ema_decay, (1 + k) / (10 + k)) so short runs forget the initialisation.
         grad_clip: max global gradient norm (None: no clipping).
         seed: seeds the batch/noise generator, so a run is reproducible.
 
@@ -99,7 +107,7 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
         return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema = EMA(net, ema_decay)
+    ema = EMA(net, ema_decay, warmup=True)
     history = History()
     batches = _batches(data, labels, batch_size, generator, device)
     import time
