@@ -125,7 +125,7 @@ def test_oracle_satisfies_continuity_at_second_order(mixture, schedule):
     coarse, fine = (continuity_residual(oracle.log_prob, oracle.velocity, t, lim=lim, n=n) for n in (41, 81))
     slope = math.log(coarse.relative_error / fine.relative_error) / math.log(80 / 40)
     assert fine.relative_error < 0.02, fine.relative_error
-    assert 1.7 < slope < 2.3, slope
+    assert slope > 1.7 and slope < 2.3, slope
     wrong = continuity_residual(oracle.log_prob, lambda x, s: 1.2 * oracle.velocity(x, s), t, lim=lim, n=81)
     assert wrong.relative_error > 10 * fine.relative_error
 
