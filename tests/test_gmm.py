@@ -8,7 +8,7 @@ import torch
 from core_helpers import assert_moments, full_cov_mixture, sw64
 from utils import data, metrics
 from utils.gmm import GaussianMixture, MixtureDenoiser
-from utils.schedules import VPLinear, LinearPath, VE
+from utils.schedules import LinearPath, VE, VPCosine, VPLinear
 
 TIMES = [0.0, 0.05, 0.4, 0.9]
 
@@ -190,7 +190,7 @@ def test_bad_call_arguments(mixture):
     with pytest.raises(ValueError, match="schedule is None"):
         mixture.sample(4, t=0.5)
     with pytest.raises(ValueError, match="t has values"):
-        mixture.score(torch.zeros(4, 2), 1.5, VPLinear())
+        mixture.score(torch.zeros(4, 2), 1.5, VPCosine())  # the cosine schedule ends at t = 1
     with pytest.raises(ValueError, match="y has labels outside"):
         mixture.score(torch.zeros(4, 2), 0.5, VPLinear(), y=2)
     with pytest.raises(ValueError, match="y has shape"):

@@ -11,7 +11,7 @@ from utils import metrics, samplers
 from utils.gmm import GaussianMixture
 from utils.samplers import Recorder
 from utils.schedules import LinearPath, VPCosine, VPLinear, uniform_grid
-from utils.targets import Denoiser
+from utils.targets import Denoiser, Model
 
 N = 8000
 MIX = full_cov_mixture()
@@ -140,10 +140,12 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="grid runs from"):
         samplers.sample_euler(oracle, x, torch.linspace(0, 1, 5))
     with pytest.raises(ValueError, match="grid runs from"):
-        samplers.sample_heun(oracle, x, torch.tensor([1.5, 0.5, 0.0]))
+        samplers.sample_heun(oracle, x, torch.tensor([0.5, 0.5, 0.0]))
+    with pytest.raises(ValueError, match="grid runs from"):  # the cosine schedule ends at t = 1
+        samplers.sample_heun(MIX.denoiser(VPCosine()), x, torch.tensor([1.5, 0.5, 0.0]))
     with pytest.raises(ValueError, match="grid has shape"):
         samplers.sample_rk4(oracle, x, torch.tensor([1.0]))
-    with pytest.raises(ValueError, match="denoiser has type"):
+    with pytest.raises(ValueError, match="model has type"):
         samplers.sample_euler(lambda x, t: x, x, uniform_grid(4))
     with pytest.raises(ValueError, match="x has type"):
         samplers.sample_euler(oracle, [[0.0, 0.0]], uniform_grid(4))
@@ -159,4 +161,4 @@ def test_bad_inputs():
         samplers.sample_predictor_corrector(oracle, x, uniform_grid(4), snr=-1.0)
     with pytest.raises(ValueError, match="shape=4"):
         samplers.sample_prior(sched, 4)
-    assert isinstance(oracle, Denoiser)
+    assert isinstance(oracle, Model)

@@ -144,7 +144,7 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="x has shape"):
         to_x0_eps(torch.randn(4), "eps", torch.randn(4), 0.5, s)
     with pytest.raises(ValueError, match="t has values"):
-        convert(x, "eps", "x0", x, 1.2, s)
+        convert(x, "eps", "x0", x, -0.2, s)
     with pytest.raises(ValueError, match="t has shape"):
         convert(x, "eps", "x0", x, torch.full((3,), 0.5), s)
     with pytest.raises(ValueError, match="target='noise'"):

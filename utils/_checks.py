@@ -25,13 +25,25 @@ def check_batch(name: str, x, ndim_min: int = 2) -> None:
         raise ValueError(f"{name} has type {type(x).__name__}; expected a torch.Tensor of shape (B, *D)")
     if x.ndim < ndim_min:
         raise ValueError(f"{name} has shape {tuple(x.shape)}; expected (B, *D) with at least {ndim_min} dims")
+    if x.shape[0] == 0:
+        raise ValueError(f"{name} has shape {tuple(x.shape)}, an empty batch; expected at least one point")
 
 
-def as_time(t, like: torch.Tensor | None = None, batch: int | None = None) -> torch.Tensor:
-    """``t`` (float, 0-d or (B,) tensor) as a float tensor, checked to lie in [0, 1].
+def tracing() -> bool:
+    """True inside ``torch.compile`` or a ``torch.func`` transform (jvp, vmap, grad).
+
+    Value checks (a time out of range, a NaN) read a tensor's values, which a transform does
+    not have yet; the package runs them where data enters and skips them while tracing."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
+def as_time(t, like: torch.Tensor | None = None, batch: int | None = None, t_end: float = 1.0,
+            check: bool = True) -> torch.Tensor:
+    """``t`` (float, 0-d or (B,) tensor) as a float tensor, checked to lie in [0, t_end].
 
     With ``like``, the result takes its dtype and device; with ``batch``, a scalar is expanded
-    to shape (batch,) and a (B,) tensor must have B == batch.
+    to shape (batch,) and a (B,) tensor must have B == batch. ``check=False`` (or tracing) skips
+    the value check: models call it that way on every evaluation, samplers check the grid once.
     """
     if like is not None and like.is_floating_point():
         dtype = like.dtype
@@ -48,15 +60,28 @@ def as_time(t, like: torch.Tensor | None = None, batch: int | None = None) -> to
         raise ValueError(f"t has type {type(t).__name__}; expected a float or a tensor of shape (B,)")
     if t.ndim > 1:
         raise ValueError(f"t has shape {tuple(t.shape)}; expected a float or a tensor of shape (B,)")
-    if torch.isnan(t).any() or (t < 0).any() or (t > 1).any():
-        lo, hi = float(t.min()), float(t.max())
-        raise ValueError(f"t has values in [{lo:g}, {hi:g}]; expected times in [0, 1] (t=0 data, t=1 prior)")
+    if check and not tracing():
+        check_times("t", t, t_end)
     if batch is not None:
         if t.ndim == 0:
             t = t.expand(batch)
         elif t.shape[0] != batch:
             raise ValueError(f"t has shape {tuple(t.shape)}; expected a float or shape ({batch},) to match x")
     return t
+
+
+def check_times(name: str, t: torch.Tensor, t_end: float = 1.0) -> None:
+    """Raise a ValueError unless every value of ``t`` lies in [0, t_end] (no NaN)."""
+    if t.numel() and (torch.isnan(t).any() or (t < 0).any() or (t > t_end).any()):
+        lo, hi = float(t.min()), float(t.max())
+        raise ValueError(f"{name} has values in [{lo:g}, {hi:g}]; expected times in [0, {t_end:g}] "
+                         "(t=0 data, t=1 prior)")
+
+
+def check_finite(name: str, x: torch.Tensor) -> None:
+    """Raise a ValueError if ``x`` holds NaN or inf (skipped while tracing)."""
+    if not tracing() and not torch.isfinite(x).all():
+        raise ValueError(f"{name} contains NaN or inf; expected finite values")
 
 
 def append_dims(v: torch.Tensor, ndim: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ import torch
 from ._checks import append_dims, check_batch, check_choice, check_int, check_positive
 from .samplers import Recorder
 from .schedules import Schedule
-from .targets import Denoiser
+from .targets import Model
 
 
 def to_ho_betas(b: torch.Tensor) -> torch.Tensor:
@@ -171,6 +171,7 @@ class DiscreteVP(Schedule):
     """
 
     name = "discrete_vp"
+    t_end = 1.0
 
     def __init__(self, chain: DDPMChain):
         if not isinstance(chain, DDPMChain):
@@ -204,6 +205,9 @@ class DiscreteVP(Schedule):
     def _d_sigma(self, t):
         return -self._alpha(t) * self._d_alpha(t) / self._sigma(t)
 
+    def _sigma_d_sigma(self, t):
+        return -self._alpha(t) * self._d_alpha(t)  # alpha^2 + sigma^2 = 1
+
 
 # --- the ELBO (Ho et al. eq. 5) -----------------------------------------------------------------
 
@@ -229,11 +233,11 @@ def gaussian_nll(x, mean, var) -> torch.Tensor:
 
 
 def _eps_fn(model, chain: DDPMChain):
-    """eps_hat(x, i) from a Denoiser (asked at t_i = i/N) or an eps-net net(x, t: (B,))."""
-    if isinstance(model, Denoiser):
+    """eps_hat(x, i) from a Model (asked at t_i = i/N) or an eps-net net(x, t: (B,))."""
+    if isinstance(model, Model):
         return lambda x, i: model.eps(x, float(chain.t[i]))
     if not callable(model):
-        raise ValueError(f"model has type {type(model).__name__}; expected a Denoiser or an eps-net callable")
+        raise ValueError(f"model has type {type(model).__name__}; expected a utils.targets.Model or an eps-net callable")
     return lambda x, i: model(x, torch.full((x.shape[0],), float(chain.t[i]), dtype=x.dtype, device=x.device))
 
 
@@ -247,7 +251,7 @@ def elbo_terms(model, chain: DDPMChain, x0: torch.Tensor, generator=None) -> tor
 
     each for one draw x_i ~ q(x_i | x_0); the sum over columns is an unbiased estimate of
     -ELBO(x_0) >= -log p_theta(x_0). mu_theta = (x_i - beta_i / sqrt(1 - alpha_bar_i) eps_hat) / sqrt(alpha_i)
-    (Ho eq. 11) with eps_hat from ``model`` (a Denoiser or an eps-net, see :func:`sample_ddpm`).
+    (Ho eq. 11) with eps_hat from ``model`` (a Model or an eps-net, see :func:`sample_ddpm`).
     """
     check_batch("x0", x0)
     eps_hat = _eps_fn(model, chain)
@@ -293,7 +297,7 @@ def sample_ddpm(model, x: torch.Tensor, chain: DDPMChain, variance: str = "poste
     posterior q(x_{i-1} | x_i, x0_hat) and equal to ``samplers.sample_ancestral`` on
     ``uniform_grid(N)`` under ``chain.schedule()``) or beta_i (``"beta"``; Ho et al. report both work).
 
-    ``model``: a :class:`utils.targets.Denoiser` (asked for eps at t_i = i/N under its own schedule:
+    ``model``: a :class:`utils.targets.Model` (asked for eps at t_i = i/N under its own schedule:
     exact for ``DiscreteVP(chain)``) or an eps-net ``net(x, t)`` with t: (B,) = i/N.
     ``callback`` gets ``{"i", "t", "x", "x0"}`` after each step, as in :mod:`utils.samplers`.
     """

@@ -26,7 +26,7 @@ from torch import nn
 from ._checks import check_batch, check_int, check_positive
 from .samplers import sample_heun, sample_prior
 from .schedules import LinearPath, uniform_grid
-from .targets import Denoiser
+from .targets import Model
 
 
 # --- coupling flow -------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def straightness(xs: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
 # --- Reflow --------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def reflow_pairs(denoiser: Denoiser, shape, n_steps: int = 50, generator: torch.Generator | None = None,
+def reflow_pairs(denoiser: Model, shape, n_steps: int = 50, generator: torch.Generator | None = None,
                  sampler=sample_heun, batch_size: int = 4096, dtype=torch.float32) -> torch.Tensor:
     """The Reflow coupling (Liu et al. 2023, Alg. 1): eps ~ N(0, I) and x0 = ODE_{1 -> 0}(eps).
 
@@ -191,8 +191,8 @@ def reflow_pairs(denoiser: Denoiser, shape, n_steps: int = 50, generator: torch.
     Returns pairs: (n, 2, *D), pairs[:, 0] = x0 (generated data, t = 0), pairs[:, 1] = eps (t = 1),
     ready for ``training.train(net, ReflowLoss(), pairs, ...)``.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise ValueError(f"denoiser has type {type(denoiser).__name__}; expected a utils.targets.Denoiser")
+    if not isinstance(denoiser, Model):
+        raise ValueError(f"denoiser has type {type(denoiser).__name__}; expected a utils.targets.Model")
     if isinstance(shape, int) or len(shape) < 2:
         raise ValueError(f"shape={shape!r} is not valid; expected a tuple (n, *D)")
     check_int("n_steps", n_steps)

@@ -12,9 +12,13 @@ With responsibilities r_k(x) = w_k N(x; alpha mu_k, C_k) / p_t(x) and d_k = x - 
     E[eps | x_t] = -sigma score(x)                                        (Tweedie, Ch. 3, Ch. 6)
     velocity     =  alpha' E[x0 | x_t] + sigma' E[eps | x_t]               (PF-ODE, Ch. 4)
 
-:meth:`GaussianMixture.denoiser` returns these through the :class:`~utils.targets.Denoiser`
-interface, so samplers, solvers, likelihoods and metrics can be run against the truth.
-Computation is in float64; results come back in the dtype of ``x``.
+:meth:`GaussianMixture.denoiser` returns these through the :class:`~utils.targets.Model`
+interface, so samplers, solvers, guidance, likelihoods and flow maps can be run against the
+truth. A label y: (B,) makes every answer class-conditional (p_t(x | y)); the entries equal to
+:data:`utils.targets.NULL_LABEL` stay unconditional, as a classifier-free-guidance net's null label.
+Computation is in float64; results come back in the dtype of ``x``. The public methods check
+their input; under ``torch.func`` transforms and ``torch.compile`` the value checks are skipped
+and the oracle traces (jvp, vmap).
 """
 from __future__ import annotations
 
@@ -22,9 +26,9 @@ import math
 
 import torch
 
-from ._checks import as_time, check_batch, check_int
+from ._checks import as_time, check_batch, check_int, tracing
 from .schedules import Schedule
-from .targets import Denoiser
+from .targets import NULL_LABEL, Model
 
 
 class GaussianMixture:
@@ -110,14 +114,15 @@ class GaussianMixture:
         y = y.expand(n) if y.ndim == 0 else y
         if y.shape != (n,):
             raise ValueError(f"y has shape {tuple(y.shape)}; expected an int or ({n},)")
-        if ((y < 0) | (y >= self.num_classes)).any():
-            raise ValueError(f"y has labels outside [0, {self.num_classes}); got {y.unique().tolist()}")
-        mask = self.labels[None, :] == y[:, None]
+        if not tracing() and (((y < 0) & (y != NULL_LABEL)) | (y >= self.num_classes)).any():
+            raise ValueError(f"y has labels outside [0, {self.num_classes}) and not NULL_LABEL={NULL_LABEL}; "
+                             f"got {y.unique().tolist()}")
+        mask = (self.labels[None, :] == y[:, None]) | (y[:, None] == NULL_LABEL)
         logw = torch.where(mask, logw, torch.full_like(logw, -math.inf))
         return logw - torch.logsumexp(logw, dim=1, keepdim=True)  # p(k | y): log_prob is log p_t(x | y)
 
     def _terms(self, x: torch.Tensor, t, schedule: Schedule | None, y=None):
-        """log p_t(x), score and E[x0|x] in float64 for x: (B, D)."""
+        """log p_t(x), score, E[x0|x] and sigma_t in float64 for x: (B, D)."""
         check_batch("x", x)
         if x.ndim != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {self.dim})")
@@ -129,11 +134,11 @@ class GaussianMixture:
         else:
             if schedule is None:
                 raise ValueError("schedule is None; expected a Schedule when t is given")
-            tt = as_time(t, like=x, batch=B)
-            a, s = schedule.alpha(tt), schedule.sigma(tt)
+            tt = as_time(t, like=x, batch=B, t_end=schedule.t_end)
+            a, s = schedule._alpha(tt), schedule._sigma(tt)
         eye = torch.eye(D, dtype=torch.float64)
         d = x[:, None, :] - a[:, None, None] * self.means                                  # (B,K,D)
-        if bool((a == a[0]).all() and (s == s[0]).all()):
+        if not tracing() and bool((a == a[0]).all() and (s == s[0]).all()):
             # one time for the whole batch (the common case in samplers): factor K matrices, not B*K
             L = torch.linalg.cholesky(a[0] ** 2 * self.covs + s[0] ** 2 * eye)             # (K,D,D)
             Cinv_d = torch.cholesky_solve(d.transpose(0, 1).transpose(1, 2), L)            # (K,D,B)
@@ -151,7 +156,7 @@ class GaussianMixture:
         score = -(r[..., None] * Cinv_d).sum(1)
         x0_k = self.means + a[:, None, None] * (self.covs @ Cinv_d[..., None]).squeeze(-1)
         x0 = (r[..., None] * x0_k).sum(1)
-        return log_p, score, x0, s
+        return log_p, score, x0, s, tt if t is not None else None
 
     def log_prob(self, x, t=None, schedule: Schedule | None = None, y=None) -> torch.Tensor:
         """log p_t(x) (log p_0 without t; log p_t(x | y) with y), shape (B,), in x's dtype."""
@@ -162,7 +167,8 @@ class GaussianMixture:
         return self._terms(x, t, schedule, y)[1].to(x.dtype)
 
     def denoiser(self, schedule: Schedule) -> "MixtureDenoiser":
-        """The exact oracle under ``schedule``, answering eps / x0 / score / velocity."""
+        """The exact oracle under ``schedule``: a :class:`utils.targets.Model` answering
+        eps / x0 / score / velocity (and ``log_prob``)."""
         return MixtureDenoiser(self, schedule)
 
     # --- moments ------------------------------------------------------------------------------
@@ -175,28 +181,40 @@ class GaussianMixture:
         return (self.weights[:, None, None] * (self.covs + dm[:, :, None] * dm[:, None, :])).sum(0)
 
 
-class MixtureDenoiser(Denoiser):
-    """The exact posterior means of a :class:`GaussianMixture` under a schedule (the oracle)."""
+class MixtureDenoiser(Model):
+    """The exact posterior means of a :class:`GaussianMixture` under a schedule (the oracle).
+
+    Every target is computed from the closed forms, exactly at every t in [0, t_end]: the score
+    even where sigma_t = 0, the velocity as alpha' E[x0|x] - sigma sigma' score, finite where
+    sigma' alone is not (VP at t = 0).
+    """
 
     def __init__(self, mixture: GaussianMixture, schedule: Schedule):
-        super().__init__(net=None, target="x0", schedule=schedule)
+        super().__init__(schedule)
+        if not isinstance(mixture, GaussianMixture):
+            raise ValueError(f"mixture has type {type(mixture).__name__}; expected a GaussianMixture")
         self.mixture = mixture
 
-    def predict(self, x, t, y=None):
-        return self.x0_eps(x, t, y)[0]
-
     def x0_eps(self, x, t, y=None):
-        _, score, x0, s = self.mixture._terms(x, t, self.schedule, y)
+        _, score, x0, s, _ = self.mixture._terms(x, t, self.schedule, y)
         eps = -s[:, None] * score
         return x0.to(x.dtype), eps.to(x.dtype)
 
     def _answer(self, target, x, t, y):
-        if target == "score":  # exact even where sigma_t = 0
-            return self.mixture.score(x, t, self.schedule, y)
-        return super()._answer(target, x, t, y)
+        _, score, x0, s, tt = self.mixture._terms(x, t, self.schedule, y)
+        if target == "score":
+            out = score
+        elif target == "x0":
+            out = x0
+        elif target == "eps":
+            out = -s[:, None] * score
+        else:
+            da, s_ds = self.schedule._d_alpha(tt), self.schedule._sigma_d_sigma(tt)
+            out = da[:, None] * x0 - s_ds[:, None] * score
+        return out.to(x.dtype)
 
     def log_prob(self, x, t, y=None) -> torch.Tensor:
-        """Exact log p_t(x)."""
+        """Exact log p_t(x) (log p_t(x | y) with a label)."""
         return self.mixture.log_prob(x, t, self.schedule, y)
 
     def __repr__(self):

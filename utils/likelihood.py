@@ -7,7 +7,7 @@ so integrating from the data end t_0 to the noise end T of the grid,
     log p_{t_0}(x) = log p_T(x_T) + int_{t_0}^{T} div v(x_t, t) dt.
 
 :func:`log_likelihood` integrates the augmented state (x_t, int div v) forward in time (data to
-noise) with Euler, Heun or RK4. The divergence is the trace of the Jacobian dv/dx:
+noise) with the samplers' Euler, Heun or RK4 steps (:mod:`utils.samplers`). The divergence is the trace of the Jacobian dv/dx:
 
 * ``trace="exact"``: one backward pass per dimension (cheap for 2D, D passes in general);
 * ``trace="hutchinson"``: Hutchinson's estimator tr(A) = E[z^T A z] for probes with E[z z^T] = I
@@ -25,7 +25,8 @@ import math
 import torch
 
 from ._checks import check_batch, check_choice, check_int
-from .targets import Denoiser
+from .samplers import euler_step, heun_step, rk4_step
+from .targets import Model
 
 METHODS = ("euler", "heun", "rk4")
 TRACES = ("exact", "hutchinson")
@@ -82,13 +83,13 @@ def gaussian_prior_log_prob(x: torch.Tensor, std: float) -> torch.Tensor:
     return -0.5 * (x.flatten(1) ** 2).sum(1) / std ** 2 - D * math.log(std) - 0.5 * D * math.log(2 * math.pi)
 
 
-def log_likelihood(denoiser: Denoiser, x: torch.Tensor, grid, method: str = "heun", trace: str = "exact",
+def log_likelihood(denoiser: Model, x: torch.Tensor, grid, method: str = "heun", trace: str = "exact",
                    n_probes: int = 1, probe: str = "rademacher", generator=None, y=None,
                    prior_log_prob=None, return_terms: bool = False):
     """log p_{grid[0]}(x) by the PF-ODE and the instantaneous change of variables (module docstring).
 
     Args:
-        denoiser: any :class:`utils.targets.Denoiser` (a trained net or the exact oracle); its
+        denoiser: any :class:`utils.targets.Model` (a trained net, the exact oracle, ...); its
             ``velocity`` must be differentiable in x.
         x: (B, *D) data points at time grid[0].
         grid: (N + 1,) strictly increasing times, from data (grid[0], with sigma > 0: use
@@ -103,8 +104,8 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, grid, method: str = "heu
     Returns log p (B,) in x's dtype, or with ``return_terms`` the tuple
     ``(log_p, prior_term (B,), integral_of_div (B,), x_T (B, *D))``, log_p = prior_term + integral.
     """
-    if not isinstance(denoiser, Denoiser):
-        raise ValueError(f"denoiser has type {type(denoiser).__name__}; expected a utils.targets.Denoiser")
+    if not isinstance(denoiser, Model):
+        raise ValueError(f"denoiser has type {type(denoiser).__name__}; expected a utils.targets.Model")
     check_batch("x", x)
     if not x.is_floating_point():
         raise ValueError(f"x has dtype {x.dtype}; expected a floating-point tensor")
@@ -117,33 +118,20 @@ def log_likelihood(denoiser: Denoiser, x: torch.Tensor, grid, method: str = "heu
     if trace == "hutchinson":
         probes = draw_probes(x.shape, n_probes, probe, generator, x.dtype, x.device)
 
-    def field(x, t):
-        """(v, div v) at (x, t); the graph is dropped after each evaluation."""
+    def field(state, t):
+        """d/dt of the augmented state (x, int div v): (v, div v) at (x, t); the graph is
+        dropped after each evaluation."""
         with torch.enable_grad():
-            x = x.detach().requires_grad_(True)
+            x = state[0].detach().requires_grad_(True)
             v = denoiser.velocity(x, t, y)
             div = divergence_exact(v, x) if probes is None else divergence_hutchinson(v, x, probes)
-        return v.detach(), div.detach()
+        return (v.detach(), div.detach()), None
 
-    x = x.detach()
-    integral = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
+    step = {"euler": euler_step, "heun": heun_step, "rk4": rk4_step}[method]
+    state = (x.detach(), torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        dt = t_next - t
-        v1, d1 = field(x, t)
-        if method == "euler":
-            dx, dl = v1, d1
-        elif method == "heun":
-            v2, d2 = field(x + dt * v1, t_next)
-            dx, dl = 0.5 * (v1 + v2), 0.5 * (d1 + d2)
-        else:
-            t_mid = 0.5 * (t + t_next)
-            v2, d2 = field(x + 0.5 * dt * v1, t_mid)
-            v3, d3 = field(x + 0.5 * dt * v2, t_mid)
-            v4, d4 = field(x + dt * v3, t_next)
-            dx, dl = (v1 + 2 * v2 + 2 * v3 + v4) / 6, (d1 + 2 * d2 + 2 * d3 + d4) / 6
-        x = x + dt * dx
-        integral = integral + dt * dl
+        state, _ = step(field, state, float(grid[i]), float(grid[i + 1]))
+    x, integral = state
     if prior_log_prob is None:
         prior = gaussian_prior_log_prob(x, float(denoiser.schedule.sigma(float(grid[-1]))))
     else:

@@ -11,9 +11,7 @@ import torch
 from torch import nn
 
 from ._checks import check_choice, check_int, check_positive
-
-NULL_LABEL = -1
-"""The label meaning "no condition" (classifier-free guidance drops labels to this value)."""
+from .targets import NULL_LABEL  # the label meaning "no condition" (classifier-free guidance)
 
 
 class SinusoidalEmbedding(nn.Module):

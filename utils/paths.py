@@ -27,15 +27,16 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import append_dims, as_time, check_batch, check_int, check_positive
+from ._checks import append_dims, as_time, check_batch, check_int, check_positive, tracing
 from .schedules import Schedule
-from .targets import Denoiser
+from .targets import Model
 
 _LOG_SNR_TOL = 1e-6
 
 
-class ScheduleChange(Denoiser):
-    """``denoiser`` (trained or exact under its own schedule) answering under ``new_schedule``.
+class ScheduleChange(Model):
+    """``denoiser`` (any :class:`~utils.targets.Model` under its own schedule) answering under
+    ``new_schedule``.
 
     At (x, t) of the new path: lambda = new.log_snr(t), t_old = old.t_from_log_snr(lambda),
     x_old = x / c with c = |(alpha_new(t), sigma_new(t))| / |(alpha_old(t_old), sigma_old(t_old))|;
@@ -45,10 +46,10 @@ class ScheduleChange(Denoiser):
     (e.g. VE(0.01, 50) never gets below lambda = -log 50): the old model was never asked there.
     """
 
-    def __init__(self, denoiser: Denoiser, new_schedule: Schedule):
-        if not isinstance(denoiser, Denoiser):
-            raise ValueError(f"denoiser has type {type(denoiser).__name__}; expected a utils.targets.Denoiser")
-        super().__init__(net=None, target="x0", schedule=new_schedule)
+    def __init__(self, denoiser: Model, new_schedule: Schedule):
+        if not isinstance(denoiser, Model):
+            raise ValueError(f"denoiser has type {type(denoiser).__name__}; expected a utils.targets.Model")
+        super().__init__(new_schedule)
         self.inner = denoiser
         ends = denoiser.schedule.log_snr(torch.tensor([1.0, 0.0], dtype=torch.float64))
         self.log_snr_range = (float(ends[0]), float(ends[1]))
@@ -56,29 +57,26 @@ class ScheduleChange(Denoiser):
     def time_and_scale(self, t, like: torch.Tensor | None = None):
         """(t_old, c): the old schedule's time with the same log-SNR as t, and the scale
         x_new = c x_old. Shapes like t (float64 for float t)."""
-        t = as_time(t, like=like)
+        t = as_time(t, like=like, check=False)
         new, old = self.schedule, self.inner.schedule
-        lam = new.log_snr(t)
+        lam = torch.log(new._alpha(t)) - torch.log(new._sigma(t))
         lo, hi = self.log_snr_range
         bad = (lam < lo - _LOG_SNR_TOL * max(1.0, abs(lo))) | (lam > hi + _LOG_SNR_TOL * max(1.0, abs(hi)))
-        if bad.any():
+        if not tracing() and bad.any():
             t_bad = t[bad].flatten()[0] if t.ndim else t
             raise ValueError(
                 f"t={float(t_bad):g} has log-SNR {float(lam[bad].flatten()[0]):g} under {new}, outside the "
                 f"range [{lo:g}, {hi:g}] that {old} reaches; expected times whose log-SNR the old schedule covers")
-        t_old = old.t_from_log_snr(lam).to(t.dtype)
-        a_n, s_n = new.alpha(t), new.sigma(t)
-        a_o, s_o = old.alpha(t_old), old.sigma(t_old)
+        t_old = old._t_from_log_snr(lam).clamp(0.0, old.t_end).to(t.dtype)
+        a_n, s_n = new._alpha(t), new._sigma(t)
+        a_o, s_o = old._alpha(t_old), old._sigma(t_old)
         c = torch.sqrt(a_n ** 2 + s_n ** 2) / torch.sqrt(a_o ** 2 + s_o ** 2)
         return t_old, c
 
     def _inner_args(self, x, t):
         check_batch("x", x)
-        t_old, c = self.time_and_scale(as_time(t, like=x, batch=x.shape[0]), like=x)
+        t_old, c = self.time_and_scale(as_time(t, like=x, batch=x.shape[0], check=False), like=x)
         return x / append_dims(c.to(x.dtype), x.ndim), t_old, c
-
-    def predict(self, x, t, y=None):
-        return self.x0_eps(x, t, y)[0]
 
     def x0_eps(self, x, t, y=None):
         x_old, t_old, _ = self._inner_args(x, t)
@@ -89,6 +87,10 @@ class ScheduleChange(Denoiser):
             x_old, t_old, c = self._inner_args(x, t)
             return self.inner.score(x_old, t_old, y) / append_dims(c.to(x.dtype), x.ndim)
         return super()._answer(target, x, t, y)
+
+    def check_times(self, t):
+        super().check_times(t)
+        self.time_and_scale(torch.as_tensor(t, dtype=torch.float64))  # raises outside the old range
 
     def log_prob(self, x, t, y=None) -> torch.Tensor:
         """log p~_t(x) = log p_t_old(x / c) - D log c, for an inner denoiser with ``log_prob``
@@ -103,8 +105,8 @@ class ScheduleChange(Denoiser):
         return f"ScheduleChange({self.inner!r} -> {self.schedule})"
 
 
-def reschedule(denoiser: Denoiser, new_schedule: Schedule) -> ScheduleChange:
-    """``denoiser`` (under its schedule) as a Denoiser under ``new_schedule`` (see module docstring)."""
+def reschedule(denoiser: Model, new_schedule: Schedule) -> ScheduleChange:
+    """``denoiser`` (under its schedule) as a Model under ``new_schedule`` (see module docstring)."""
     return ScheduleChange(denoiser, new_schedule)
 
 

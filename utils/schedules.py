@@ -13,8 +13,12 @@ Schedules whose natural clock is not [0, 1] are put on t in [0, 1] by a change o
 class docstring states (VE: sigma = sigma_min (sigma_max/sigma_min)^t; EDM: sigma = sigma_max t).
 Solvers that step in sigma or log-SNR move between clocks with :meth:`Schedule.t_from_log_snr`.
 
-Every method takes ``t`` as a float or a tensor of shape (B,) in [0, 1] and returns a tensor of
-the same shape (float64 for float input, else t's dtype).
+Every method takes ``t`` as a float or a tensor of shape (B,) in [0, ``t_end``] and returns a
+tensor of the same shape (float64 for float input, else t's dtype). ``t_end`` is 1 where the
+schedule really ends (alpha_1 = 0: VP cosine, the linear path) and infinite where its formula
+goes on (VP linear, VE, EDM), so a solver that steps above t = 1 (EDM's stochastic churn) or on a
+sigma / log-SNR clock moves through the schedule. Models call the unchecked ``_coefficients``
+on every evaluation; the public methods check their input (data enters there).
 """
 from __future__ import annotations
 
@@ -39,58 +43,84 @@ class Schedule:
     validated tensor and may override ``_t_from_log_snr`` with a closed form.
 
     Attributes ``t_min`` and ``t_max`` bound the range where alpha > 0 and sigma > 0, i.e. where
-    the log-SNR is finite; log-SNR and EDM grids use them by default.
+    the log-SNR is finite; log-SNR and EDM grids use them by default, and ``t_max`` is where
+    samplers start (:attr:`t_start`). ``t_end`` is the last time the schedule is defined at.
     """
 
     name = "schedule"
     t_min = 0.0
     t_max = 1.0
+    t_end = math.inf
+
+    @property
+    def t_start(self) -> float:
+        """Where sampling starts: ``t_max``, the last time with alpha > 0 and sigma > 0.
+
+        At t = 1 a VP-cosine or linear path has alpha = 0, where a model that divides by alpha
+        (an eps- or score-prediction turned into x0 or a velocity) is NaN; t_max = 0.999 is not."""
+        return self.t_max
+
+    def _check(self, t) -> torch.Tensor:
+        return as_time(t, t_end=self.t_end)
 
     # --- public interface -------------------------------------------------------------------
     def alpha(self, t) -> torch.Tensor:
-        return self._alpha(as_time(t))
+        return self._alpha(self._check(t))
 
     def sigma(self, t) -> torch.Tensor:
-        return self._sigma(as_time(t))
+        return self._sigma(self._check(t))
 
     def d_alpha(self, t) -> torch.Tensor:
         """d alpha_t / dt."""
-        return self._d_alpha(as_time(t))
+        return self._d_alpha(self._check(t))
 
     def d_sigma(self, t) -> torch.Tensor:
         """d sigma_t / dt."""
-        return self._d_sigma(as_time(t))
+        return self._d_sigma(self._check(t))
 
     def coefficients(self, t) -> Coefficients:
         """(alpha, sigma, d_alpha, d_sigma) at t, in one call."""
-        t = as_time(t)
+        return self._coefficients(self._check(t))
+
+    def _coefficients(self, t: torch.Tensor) -> Coefficients:
+        """:meth:`coefficients` without the value check, for a tensor t (what models call)."""
         return Coefficients(self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t))
+
+    def sigma_d_sigma(self, t) -> torch.Tensor:
+        """sigma_t sigma'_t = (1/2) d sigma_t^2 / dt, finite where sigma' alone is not (VP at t = 0).
+
+        The PF-ODE velocity alpha' x0 - sigma sigma' score uses it (:mod:`utils.gmm`)."""
+        return self._sigma_d_sigma(self._check(t))
+
+    def _sigma_d_sigma(self, t):
+        return self._sigma(t) * self._d_sigma(t)
 
     def log_snr(self, t) -> torch.Tensor:
         """lambda_t = log(alpha_t / sigma_t); +inf where sigma = 0, -inf where alpha = 0."""
-        t = as_time(t)
+        t = self._check(t)
         return torch.log(self._alpha(t)) - torch.log(self._sigma(t))
 
     def noise_level(self, t) -> torch.Tensor:
         """EDM's sigma~_t = sigma_t / alpha_t = exp(-lambda_t) (the VE-equivalent noise level)."""
-        t = as_time(t)
+        t = self._check(t)
         return self._sigma(t) / self._alpha(t)
 
     def t_from_log_snr(self, log_snr) -> torch.Tensor:
-        """The inverse of :meth:`log_snr`: the t with lambda_t = log_snr, clamped to [0, 1]."""
+        """The inverse of :meth:`log_snr`: the t with lambda_t = log_snr, clamped to [0, t_end]
+        (above 1 where the schedule goes on, e.g. EDM's churn above sigma_max)."""
         lam = torch.as_tensor(log_snr, dtype=torch.float64) if not isinstance(log_snr, torch.Tensor) else log_snr
         if torch.isnan(lam).any():
             raise ValueError("log_snr contains NaN; expected real log-SNR values")
-        return self._t_from_log_snr(lam).clamp(0.0, 1.0)
+        return self._t_from_log_snr(lam).clamp(0.0, self.t_end)
 
     def f(self, t) -> torch.Tensor:
         """Drift coefficient of the forward SDE, f(t) = alpha'_t / alpha_t (Ch. 4)."""
-        t = as_time(t)
+        t = self._check(t)
         return self._d_alpha(t) / self._alpha(t)
 
     def g2(self, t) -> torch.Tensor:
         """Squared diffusion coefficient, g(t)^2 = 2 sigma sigma' - 2 f sigma^2 (Ch. 4)."""
-        t = as_time(t)
+        t = self._check(t)
         a, s, da, ds = self._alpha(t), self._sigma(t), self._d_alpha(t), self._d_sigma(t)
         return 2 * s * ds - 2 * (da / a) * s ** 2
 
@@ -146,7 +176,7 @@ class VPLinear(Schedule):
         return dict(beta_min=self.beta_min, beta_max=self.beta_max)
 
     def beta(self, t) -> torch.Tensor:
-        t = as_time(t)
+        t = self._check(t)
         return self.beta_min + t * (self.beta_max - self.beta_min)
 
     def _log_alpha(self, t):
@@ -168,6 +198,9 @@ class VPLinear(Schedule):
         """g(t)^2 = beta(t) in closed form (the general formula is 0 * inf at t = 0)."""
         return self.beta(t)
 
+    def _sigma_d_sigma(self, t):
+        return -self._alpha(t) * self._d_alpha(t)  # alpha^2 + sigma^2 = 1
+
     def _t_from_log_snr(self, lam):
         # alpha^2 = sigmoid(2 lambda)  =>  (b1 - b0)/2 t^2 + b0 t + log sigmoid(2 lambda) = 0
         log_a2 = torch.nn.functional.logsigmoid(2 * lam.to(torch.float64))
@@ -179,13 +212,16 @@ class VPCosine(Schedule):
     """Variance-preserving cosine schedule of Nichol & Dhariwal (2021) (Ch. 4):
     alpha_t = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s)), sigma_t = sqrt(1 - alpha_t^2).
 
-    alpha_1 = 0 exactly, so f and g diverge at t = 1: ODE samplers may start at t = 1, the reverse
-    SDE starts at ``t_max`` (where the log-SNR is still finite).
+    alpha_1 = 0 exactly, so f and g diverge at t = 1 and the schedule ends there (``t_end`` = 1).
+    Samplers start at ``t_start`` = ``t_max`` = 0.999, where the log-SNR is still finite: at t = 1 an
+    eps- or score-model cannot give x0 (it divides by alpha_1 = 0). The exact oracle and a
+    velocity- or x0-model are finite at t = 1.
     """
 
     name = "vp_cosine"
     t_min = 1e-3
     t_max = 0.999
+    t_end = 1.0
 
     def __init__(self, s: float = 0.008):
         check_positive("s", s)
@@ -215,6 +251,9 @@ class VPCosine(Schedule):
         """g(t)^2 = -2 f(t) for a variance-preserving schedule (the general formula is 0 * inf
         at t = 0)."""
         return -2 * self.f(t)
+
+    def _sigma_d_sigma(self, t):
+        return -self._alpha(t) * self._d_alpha(t)  # alpha^2 + sigma^2 = 1
 
     def _t_from_log_snr(self, lam):
         alpha = torch.sigmoid(2 * lam.to(torch.float64)).sqrt()
@@ -261,13 +300,15 @@ class LinearPath(Schedule):
     """The linear ("rectified flow", conditional-OT) path alpha_t = 1 - t, sigma_t = t (Sec. 5.3).
 
     Flow-matching papers run this path the other way (t = 1 data); this book does not.
-    f(t) = -1/(1 - t) diverges at t = 1: ODE samplers may start at t = 1, the reverse SDE at
-    ``t_max``.
+    f(t) = -1/(1 - t) diverges at t = 1 and the path ends there (``t_end`` = 1). Samplers start at
+    ``t_start`` = ``t_max`` = 0.999; a velocity- or x0-model (and the oracle) is also finite at
+    t = 1, an eps- or score-model is not (x0 = (x - t eps) / (1 - t)).
     """
 
     name = "linear"
     t_min = 1e-3
     t_max = 0.999
+    t_end = 1.0
 
     def _alpha(self, t):
         return 1 - t

@@ -73,7 +73,7 @@ def explore(draw, sliders: dict, static: bool | None = None):
 
 def velocity_field_explorer(model, oracle=None, lim: float = 3.0, n_arrows: int = 17,
                             samples=None, static: bool | None = None, t_default: float = 0.5):
-    """Slider over t: the PF-ODE velocity field of ``model`` (a Denoiser) beside the exact one of
+    """Slider over t: the PF-ODE velocity field of ``model`` (a utils.targets.Model) beside the exact one of
     ``oracle`` (a MixtureDenoiser), with the oracle's marginal density p_t underneath and optional
     data ``samples`` (N, 2) overlaid."""
     denoisers = [("model", model)] + ([("exact (oracle)", oracle)] if oracle is not None else [])
