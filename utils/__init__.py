@@ -5,7 +5,8 @@ from then on. See README.md, "utils at a glance".
 """
 from . import config, data, gmm, losses, metrics, nets, plotting, samplers, schedules, targets, training, widgets
 # modules introduced by the chapters (Ch. 2-7); `ot` needs scipy (a scikit-learn dependency)
-from . import ddpm, flows, likelihood, ot, paths, score_matching
+from . import ddpm, flowmaps, flows, guidance, likelihood, ot, paths, score_matching
 
 __all__ = ["config", "data", "gmm", "losses", "metrics", "nets", "plotting", "samplers", "schedules",
-           "targets", "training", "widgets", "ddpm", "flows", "likelihood", "ot", "paths", "score_matching"]
+           "targets", "training", "widgets", "ddpm", "flowmaps", "flows", "guidance", "likelihood", "ot", "paths",
+           "score_matching"]

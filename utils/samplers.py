@@ -9,8 +9,10 @@ index, the new time, the new state, and the estimate of x0 the step was taken wi
 evaluation), which is all a notebook needs to draw trajectories (:class:`Recorder`).
 
 The ODE steps (:func:`euler_step`, :func:`heun_step`, :func:`rk4_step`) integrate any field
-``field(state, t) -> (d state / dt, aux)`` over a tensor or a tuple of tensors, so the likelihood
-(:mod:`utils.likelihood`) integrates its augmented state with the same code. The reverse-SDE step
+``field(state, t) -> (d state / dt, aux)`` over a tensor or a tuple of tensors, with times that
+are floats or per-sample (B,) tensors, so the likelihood (:mod:`utils.likelihood`) integrates its
+augmented state and the exact flow map (:mod:`utils.flowmaps`) its per-sample jumps with the
+same code. The reverse-SDE step
 is :func:`reverse_sde_step`, shared by Euler-Maruyama and predictor-corrector sampling.
 
 Time runs from data (t = 0) to noise (t = 1), so integrating from grid[0] to grid[-1] has dt < 0.
@@ -101,20 +103,22 @@ def sample_prior(schedule: Schedule, shape, generator=None, dtype=torch.float32,
 
 # --- ODE steps over any field: state a tensor or a tuple of tensors ------------------------------
 
-def _axpy(x, h: float, k):
-    """x + h k, for tensors or tuples of tensors."""
+def _axpy(x, h, k):
+    """x + h k, for tensors or tuples of tensors; h a float or a per-sample (B,) tensor."""
     if isinstance(x, tuple):
-        return tuple(xi + h * ki for xi, ki in zip(x, k))
+        return tuple(_axpy(xi, h, ki) for xi, ki in zip(x, k))
+    if isinstance(h, torch.Tensor):
+        h = append_dims(h.to(x.dtype), x.ndim)
     return x + h * k
 
 
-def euler_step(field, x, t: float, t_next: float):
+def euler_step(field, x, t, t_next):
     """x + (t_next - t) field(x, t): order 1, one evaluation. Returns (x_next, aux at (x, t))."""
     k1, aux = field(x, t)
     return _axpy(x, t_next - t, k1), aux
 
 
-def heun_step(field, x, t: float, t_next: float, correct: bool = True):
+def heun_step(field, x, t, t_next, correct: bool = True):
     """Heun's method (explicit trapezoid, EDM's Alg. 1 ODE step): an Euler predictor, then the
     average of the slopes at both ends; order 2, two evaluations. ``correct=False`` keeps the
     Euler step (where the slope at t_next is undefined, sigma(t_next) = 0)."""
@@ -127,7 +131,7 @@ def heun_step(field, x, t: float, t_next: float, correct: bool = True):
     return _axpy(_axpy(x, 0.5 * dt, k1), 0.5 * dt, k2), aux
 
 
-def rk4_step(field, x, t: float, t_next: float, last: bool = False):
+def rk4_step(field, x, t, t_next, last: bool = False):
     """Classical Runge-Kutta 4: order 4, four evaluations. ``last=True`` uses the midpoint rule
     instead (where the slope at t_next is undefined, sigma(t_next) = 0)."""
     dt, t_mid = t_next - t, 0.5 * (t + t_next)
