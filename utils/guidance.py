@@ -14,9 +14,14 @@ so it holds for every target alike: score, eps, x0 and velocity.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
-from ._checks import check_batch
+from ._checks import append_dims, as_time, check_batch, check_int, check_positive
+from .gmm import GaussianMixture
+from .losses import sample_xt
+from .schedules import Schedule
 from .targets import NULL_LABEL, Model
 
 
@@ -65,3 +70,270 @@ class ClassifierFreeGuidance(Model):
     def __repr__(self):
         return f"ClassifierFreeGuidance({self.model!r}, w={self.w:g})"
 
+
+
+# --- the Ch. 8 toy: three overlapping classes, each a major and a minor mode -----------------------
+
+def three_class_mixture(radius: float = 1.6, std: float = 0.45, minor_radius: float = 0.6,
+                        minor_std: float = 0.35, minor_weight: float = 0.3):
+    """The Ch. 8 toy (after Ho & Salimans' three-Gaussian Fig. 2): three classes, each a major mode
+    on a circle of ``radius`` (angles 90, 210, 330 degrees) and a minor mode of in-class weight
+    ``minor_weight`` at ``minor_radius`` on the opposite side, between the two other classes.
+    Classes overlap, so the exact p_t(c | x) is never 0 or 1. Components 0-2 are the major modes,
+    3-5 the minor ones; labels [0, 1, 2, 0, 1, 2]."""
+    for name, v in (("radius", radius), ("std", std), ("minor_radius", minor_radius), ("minor_std", minor_std)):
+        if not (isinstance(v, (int, float)) and v > 0):
+            raise ValueError(f"{name}={v!r} is not valid; expected a positive number")
+    if not 0 < minor_weight < 1:
+        raise ValueError(f"minor_weight={minor_weight!r} is not valid; expected a number in (0, 1)")
+    ang = [math.pi / 2 + 2 * math.pi * c / 3 for c in range(3)]
+    means = [[radius * math.cos(a), radius * math.sin(a)] for a in ang] + \
+            [[-minor_radius * math.cos(a), -minor_radius * math.sin(a)] for a in ang]
+    weights = [(1 - minor_weight) / 3] * 3 + [minor_weight / 3] * 3
+    return GaussianMixture(means, [std] * 3 + [minor_std] * 3, weights, labels=[0, 1, 2, 0, 1, 2])
+
+
+# --- the exact noisy classifier p_t(c | x) (§8.1-8.2) -------------------------------------------
+
+def class_log_prior(mixture) -> torch.Tensor:
+    """log p(c), shape (C,): the total weight of each class's components."""
+    C = mixture.num_classes
+    w = torch.zeros(C, dtype=torch.float64).index_add_(0, mixture.labels, mixture.weights)
+    return w.log()
+
+
+def noisy_class_log_probs(mixture, x: torch.Tensor, t, schedule) -> torch.Tensor:
+    """Exact log p_t(c | x) (§8.1, Bayes on the oracle's class-conditional marginals), shape (B, C):
+
+        log p_t(c | x) = log p(c) + log p_t(x | c) - log p_t(x).
+
+    x: (B, D); t: a float or (B,) tensor. Differentiable in x (its gradient is the guidance term
+    grad_x log p_t(c | x) = s_t(x | c) - s_t(x), Eq. 8.1.1). Float64 inside, x's dtype out."""
+    B, C = x.shape[0], mixture.num_classes
+    joint = torch.stack([mixture.log_prob(x.to(torch.float64), t, schedule,
+                                          y=torch.full((B,), c, dtype=torch.long)) for c in range(C)], 1)
+    joint = joint + class_log_prior(mixture).to(joint.device)
+    return (joint - torch.logsumexp(joint, dim=1, keepdim=True)).to(x.dtype)
+
+
+class ExactNoisyClassifier:
+    """classifier(x, t) -> log p_t(c | x), (B, C): the exact noise-conditional classifier of a
+    labelled :class:`utils.gmm.GaussianMixture` under ``schedule`` (what a trained one approximates)."""
+
+    def __init__(self, mixture, schedule):
+        self.mixture, self.schedule = mixture, schedule
+
+    def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        return noisy_class_log_probs(self.mixture, x, t, self.schedule)
+
+    def __repr__(self):
+        return f"ExactNoisyClassifier({self.mixture}, schedule={self.schedule})"
+
+
+def noisy_classifier_loss(schedule, t_range=None):
+    """Eq. 8.2.4: cross-entropy of a noise-conditional classifier on noisy inputs,
+
+        E_{t, (x0, c), eps} [ -log p_phi(c | x_t = alpha_t x0 + sigma_t eps, t) ],
+
+    as ``loss(net, x0, y, generator) -> scalar`` for :func:`utils.training.train`; ``net(x, t)``
+    returns logits (B, C). t ~ U[t_range], default (schedule.t_min, 1)."""
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule has type {type(schedule).__name__}; expected a Schedule")
+    lo, hi = (schedule.t_min, 1.0) if t_range is None else tuple(t_range)
+    if not 0 <= lo < hi <= 1:
+        raise ValueError(f"t_range={t_range!r} is not valid; expected (t_lo, t_hi) with 0 <= t_lo < t_hi <= 1")
+
+    def loss(net, x0, y=None, generator=None):
+        if y is None:
+            raise ValueError("y is None; expected class labels (B,) with the data")
+        t = lo + (hi - lo) * torch.rand(x0.shape[0], dtype=x0.dtype, device=x0.device, generator=generator)
+        xt, _ = sample_xt(x0, t, schedule, generator)
+        return torch.nn.functional.cross_entropy(net(xt, t), y)
+
+    return loss
+
+
+def _class_log_prob_grad(classifier, x, t, y):
+    """grad_x log p(y | x, t) for a classifier returning logits or log-probs (B, C)."""
+    with torch.enable_grad():
+        xg = x.detach().requires_grad_(True)
+        tt = as_time(t, like=xg, batch=x.shape[0], check=False)
+        logp = torch.log_softmax(classifier(xg, tt), dim=-1).gather(1, y[:, None]).sum()
+        return torch.autograd.grad(logp, xg)[0]
+
+
+class ClassifierGuidance(Model):
+    """Classifier guidance (§8.2, Eqs. 8.2.2-8.2.3; Dhariwal & Nichol 2021):
+
+        s_w(x, t, c) = s(x, t) + w grad_x log p_t(c | x),
+
+    the score of the tilted density p_t(x) p_t(c | x)^w. ``model`` is asked unconditionally
+    (y=None), ``classifier(x, t)`` returns logits or log-probabilities (B, C) (a net trained with
+    :func:`noisy_classifier_loss`, or :class:`ExactNoisyClassifier`). With the exact classifier
+    and the oracle this is :class:`ClassifierFreeGuidance` with the same w, exactly. In (x0, eps):
+    eps_w = eps - w sigma_t g and x0_w = x0 + w (sigma_t^2 / alpha_t) g, g = grad log p_t(c | x)."""
+
+    def __init__(self, model: Model, classifier, w: float):
+        if not isinstance(model, Model):
+            raise ValueError(f"model has type {type(model).__name__}; expected a utils.targets.Model")
+        if not callable(classifier):
+            raise ValueError(f"classifier has type {type(classifier).__name__}; expected a callable (x, t) -> (B, C)")
+        if not isinstance(w, (int, float)) or isinstance(w, bool):
+            raise ValueError(f"w={w!r} is not valid; expected a number (0: unguided, 1: conditional)")
+        super().__init__(model.schedule)
+        self.model, self.classifier, self.w = model, classifier, float(w)
+
+    def x0_eps(self, x, t, y=None):
+        check_batch("x", x)
+        if y is None:
+            raise ValueError("y is None; expected labels (B,) for classifier guidance")
+        y = torch.as_tensor(y, dtype=torch.long, device=x.device).expand(x.shape[0])
+        x0, eps = self.model.x0_eps(x, t, None)
+        g = _class_log_prob_grad(self.classifier, x, t, y).to(x.dtype)
+        a, s = (append_dims(c.to(x.dtype), x.ndim) for c in
+                self.schedule._coefficients(as_time(t, like=x, batch=x.shape[0], check=False))[:2])
+        return x0 + self.w * s ** 2 / a * g, eps - self.w * s * g
+
+    def __repr__(self):
+        return f"ClassifierGuidance({self.model!r}, w={self.w:g})"
+
+
+# --- the tilted density, exactly, on a grid (the remark after Eq. 8.1.2) -------------------------
+
+def tilted_log_density(mixture, x: torch.Tensor, c: int, w: float, t=None, schedule=None) -> torch.Tensor:
+    """Unnormalised log of the tilted density p_t(x) p_t(c | x)^w (Eq. 8.2.2), shape (B,).
+    w = 0: p_t; w = 1: p_t(x | c) p(c). Without t, at t = 0 (the data)."""
+    if t is None:
+        log_p = mixture.log_prob(x.to(torch.float64))
+        B = x.shape[0]
+        joint = torch.stack([mixture.log_prob(x.to(torch.float64), y=torch.full((B,), k, dtype=torch.long))
+                             for k in range(mixture.num_classes)], 1) + class_log_prior(mixture)
+        log_post = joint - torch.logsumexp(joint, dim=1, keepdim=True)
+    else:
+        log_p = mixture.log_prob(x.to(torch.float64), t, schedule)
+        log_post = noisy_class_log_probs(mixture, x.to(torch.float64), t, schedule)
+    if not 0 <= c < mixture.num_classes:
+        raise ValueError(f"c={c!r} is not valid; expected a class in [0, {mixture.num_classes})")
+    return log_p + w * log_post[:, c]
+
+
+def grid_sample(log_density, n_samples: int, lim: float = 4.0, n: int = 400, generator=None) -> torch.Tensor:
+    """Exact samples (up to the grid's resolution) of a 2D density known up to a constant:
+    normalise exp(log_density) over an n x n grid of cells on [-lim, lim]^2, pick cells by their
+    mass, and place each sample uniformly inside its cell. ``log_density(points: (M, 2)) -> (M,)``.
+    Returns (n_samples, 2) float64. The error is the cell width 2 lim / n (and the mass beyond lim)."""
+    check_int("n_samples", n_samples)
+    check_int("n", n, 2)
+    if not (isinstance(lim, (int, float)) and lim > 0):
+        raise ValueError(f"lim={lim!r} is not valid; expected a positive number")
+    h = 2 * lim / n
+    centers = -lim + h * (torch.arange(n, dtype=torch.float64) + 0.5)
+    pts = torch.cartesian_prod(centers, centers)
+    logp = log_density(pts).to(torch.float64)
+    probs = torch.softmax(logp, dim=0)
+    idx = torch.multinomial(probs, n_samples, replacement=True, generator=generator)
+    jitter = (torch.rand(n_samples, 2, dtype=torch.float64, generator=generator) - 0.5) * h
+    return pts[idx] + jitter
+
+
+# --- inverse problems: y = A x0 + sigma_y z (§8.4) -----------------------------------------------
+
+def _check_measurement(mixture, A, y, sigma_y):
+    A = torch.as_tensor(A, dtype=torch.float64)
+    if A.ndim != 2 or A.shape[1] != mixture.dim:
+        raise ValueError(f"A has shape {tuple(A.shape)}; expected (M, {mixture.dim})")
+    y = torch.as_tensor(y, dtype=torch.float64)
+    if y.shape != (A.shape[0],):
+        raise ValueError(f"y has shape {tuple(y.shape)}; expected ({A.shape[0]},)")
+    if not (isinstance(sigma_y, (int, float)) and sigma_y > 0):
+        raise ValueError(f"sigma_y={sigma_y!r} is not valid; expected a positive number")
+    return A, y
+
+
+def linear_gaussian_posterior(mixture, A, y, sigma_y: float):
+    """The exact posterior p(x0 | y) of y = A x0 + sigma_y z under a Gaussian-mixture prior (§8.4,
+    Eq. 8.4.3): again a Gaussian mixture, component by component (Gaussian conditioning),
+
+        S_k' = (S_k^-1 + A^T A / sigma_y^2)^-1,   m_k' = S_k' (S_k^-1 m_k + A^T y / sigma_y^2),
+        w_k' ∝ w_k N(y; A m_k, A S_k A^T + sigma_y^2 I).
+
+    A: (M, D), y: (M,). Returns a :class:`utils.gmm.GaussianMixture` with the prior's labels, so
+    its oracle (``.denoiser(schedule)``) gives the exact posterior score at every t."""
+    A, y = _check_measurement(mixture, A, y, sigma_y)
+    M = A.shape[0]
+    S_inv = torch.linalg.inv(mixture.covs)
+    S_post = torch.linalg.inv(S_inv + A.T @ A / sigma_y ** 2)
+    S_post = 0.5 * (S_post + S_post.transpose(1, 2))
+    m_post = (S_post @ ((S_inv @ mixture.means[:, :, None]).squeeze(-1) + A.T @ y / sigma_y ** 2)[:, :, None]).squeeze(-1)
+    Cy = A @ mixture.covs @ A.T + sigma_y ** 2 * torch.eye(M, dtype=torch.float64)       # (K, M, M)
+    r = y - mixture.means @ A.T                                                          # (K, M)
+    log_lik = -0.5 * (r[:, None, :] @ torch.linalg.solve(Cy, r[:, :, None])).reshape(-1) \
+        - 0.5 * torch.logdet(Cy) - 0.5 * M * math.log(2 * math.pi)
+    log_w = mixture.weights.log() + log_lik
+    return GaussianMixture(m_post, S_post, torch.softmax(log_w, 0), mixture.labels)
+
+
+class DPS(Model):
+    """Diffusion posterior sampling (Chung et al. 2023; §8.4, Eq. 8.4.5): the likelihood at x_t is
+    replaced by the likelihood at the denoiser's estimate,
+
+        grad log p(y | x_t) ~ zeta grad_x log N(y; A x0_hat(x_t), sigma_y^2 I),
+
+    added to ``model``'s unconditional score. zeta = 1 is Eq. 8.4.5 as written (Chung et al. tune a
+    step size instead). Biased: p(y | x_t) = E[N(y; A x0, sigma_y^2) | x_t] is not N(y; A E[x0|x_t], ...)
+    unless p(x0 | x_t) is a point mass (its covariance is dropped)."""
+
+    def __init__(self, model: Model, A, y, sigma_y: float, zeta: float = 1.0):
+        if not isinstance(model, Model):
+            raise ValueError(f"model has type {type(model).__name__}; expected a utils.targets.Model")
+        if not (isinstance(zeta, (int, float)) and zeta >= 0):
+            raise ValueError(f"zeta={zeta!r} is not valid; expected a number >= 0")
+        super().__init__(model.schedule)
+        A = torch.as_tensor(A, dtype=torch.float64)
+        if A.ndim != 2:
+            raise ValueError(f"A has shape {tuple(A.shape)}; expected (M, D)")
+        y = torch.as_tensor(y, dtype=torch.float64)
+        if y.shape != (A.shape[0],):
+            raise ValueError(f"y has shape {tuple(y.shape)}; expected ({A.shape[0]},)")
+        check_positive("sigma_y", sigma_y)
+        self.model, self.A, self.y, self.sigma_y, self.zeta = model, A, y, float(sigma_y), float(zeta)
+
+    def likelihood_grad(self, x, t):
+        """zeta grad_x log N(y; A x0_hat(x), sigma_y^2 I) = -zeta J^T A^T (A x0_hat - y) / sigma_y^2, (B, D)."""
+        with torch.enable_grad():
+            xg = x.detach().requires_grad_(True)
+            x0 = self.model.x0_eps(xg, t, None)[0]
+            A, y = self.A.to(x0), self.y.to(x0)
+            log_lik = -0.5 * ((x0 @ A.T - y) ** 2).sum() / self.sigma_y ** 2
+            return self.zeta * torch.autograd.grad(log_lik, xg)[0]
+
+    def x0_eps(self, x, t, y=None):
+        check_batch("x", x)
+        x0, eps = self.model.x0_eps(x, t, None)
+        g = self.likelihood_grad(x, t).to(x.dtype)
+        a, s = (append_dims(c.to(x.dtype), x.ndim) for c in
+                self.schedule._coefficients(as_time(t, like=x, batch=x.shape[0], check=False))[:2])
+        return x0 + s ** 2 / a * g, eps - s * g
+
+    def __repr__(self):
+        return f"DPS({self.model!r}, zeta={self.zeta:g}, sigma_y={self.sigma_y:g})"
+
+
+class NoisyMeasurementGuidance(DPS):
+    """The score-SDE member of the §8.4 family (Song et al. 2021's inpainting-style measurement
+    matching, the meta-form -P_t M_t / gamma_t with P_t = A^T): treat the measurement as if it were
+    noised along with x, y_t = alpha_t y, and use the Jacobian-free term
+
+        grad log p(y | x_t) ~ zeta A^T (alpha_t y - A x_t) / gamma_t,   gamma_t = alpha_t^2 sigma_y^2 + sigma_t^2,
+
+    the exact likelihood of y_t = A x_t + noise when A A^T = I and the prior on x0 is flat."""
+
+    def likelihood_grad(self, x, t):
+        tt = as_time(t, like=x, batch=x.shape[0], check=False)
+        a, s = (append_dims(c.to(x.dtype), x.ndim) for c in self.schedule._coefficients(tt)[:2])
+        A, y = self.A.to(x), self.y.to(x)
+        gamma = a ** 2 * self.sigma_y ** 2 + s ** 2
+        return self.zeta * ((a * y - x @ A.T) @ A) / gamma
+
+    def __repr__(self):
+        return f"NoisyMeasurementGuidance({self.model!r}, zeta={self.zeta:g}, sigma_y={self.sigma_y:g})"
