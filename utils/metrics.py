@@ -15,12 +15,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ._checks import check_batch, check_int
+from ._checks import check_batch, check_finite, check_int
 
 
 def _pair(x, y):
     check_batch("x", x)
     check_batch("y", y)
+    check_finite("x", x)
+    check_finite("y", y)
     x, y = x.flatten(1).to(torch.float64), y.flatten(1).to(torch.float64)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x has {x.shape[1]} features and y {y.shape[1]}; expected the same dimension")

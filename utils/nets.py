@@ -1,4 +1,5 @@
-"""Networks: a time- (and label-) conditioned MLP for 2D and small vector data.
+"""Networks: a time- (and label-) conditioned MLP for 2D and small vector data, and EDM's
+preconditioning as a wrapper around any such net.
 
 The network predicts one target (eps, x0, score or velocity) from (x_t, t[, y]); which one is
 decided by the loss it is trained with and declared to :class:`utils.targets.Denoiser`.
@@ -10,7 +11,8 @@ import math
 import torch
 from torch import nn
 
-from ._checks import check_choice, check_int, check_positive
+from ._checks import append_dims, check_choice, check_int, check_positive
+from .schedules import Schedule
 from .targets import NULL_LABEL  # the label meaning "no condition" (classifier-free guidance)
 
 
@@ -55,14 +57,15 @@ class MLP(nn.Module):
     Args:
         dim: data dimension D (x: (B, D)).
         hidden: width; depth: number of residual blocks.
-        time_embedding: ``"sinusoidal"`` or ``"fourier"``; time_dim its size.
+        time_embedding: ``"sinusoidal"`` or ``"fourier"``; time_dim its size; fourier_scale the
+            std of the Fourier frequencies (16 for t in [0, 1]; about 1 for EDM's c_noise).
         num_classes: if given, the net takes labels y: (B,) in [0, num_classes) or NULL_LABEL.
         out_dim: output size (default ``dim``; e.g. 1 for an energy, 2 for a MeanFlow time pair).
     """
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3,
                  time_embedding: str = "sinusoidal", time_dim: int = 32,
-                 num_classes: int | None = None, out_dim: int | None = None):
+                 num_classes: int | None = None, out_dim: int | None = None, fourier_scale: float = 16.0):
         super().__init__()
         check_int("dim", dim)
         check_int("hidden", hidden)
@@ -71,7 +74,8 @@ class MLP(nn.Module):
         if num_classes is not None:
             check_int("num_classes", num_classes)
         self.dim, self.num_classes = dim, num_classes
-        self.embed_t = SinusoidalEmbedding(time_dim) if time_embedding == "sinusoidal" else FourierFeatures(time_dim)
+        self.embed_t = SinusoidalEmbedding(time_dim) if time_embedding == "sinusoidal" else \
+            FourierFeatures(time_dim, scale=fourier_scale)
         self.embed_y = nn.Embedding(num_classes + 1, hidden) if num_classes else None
         self.inp = nn.Linear(dim + time_dim, hidden)
         self.blocks = nn.ModuleList(
@@ -97,3 +101,44 @@ class MLP(nn.Module):
         for block, proj in zip(self.blocks, self.t_proj):
             h = h + block(h + proj(emb))
         return self.out(h)
+
+
+class EDMPrecond(nn.Module):
+    """EDM's preconditioning (Karras et al. 2022, Table 1; monograph App. D.6) under any schedule:
+    an x0-prediction D built around a raw net F,
+
+        D(x, t) = c_skip x~ + c_out F(c_in x~, c_noise[, y]),   x~ = x / alpha_t,
+
+    at the noise level sigma~ = sigma_t / alpha_t (x~ = x0 + sigma~ eps is the VE-equivalent input)
+    with c_in = 1 / sqrt(sigma~^2 + sigma_d^2), c_skip = sigma_d^2 / (sigma~^2 + sigma_d^2),
+    c_out = sigma~ sigma_d / sqrt(sigma~^2 + sigma_d^2), c_noise = ln(sigma~) / 4.
+
+    F sees unit-variance inputs and, trained with the x0-loss weighted by 1 / c_out^2
+    (:func:`utils.losses.edm_weighting`), regresses a unit-variance target at every noise level.
+    Use it as ``Denoiser(EDMPrecond(net, schedule), "x0", schedule)``; x: (B, *D), t: (B,).
+    ``net`` is called as net(x, c_noise[, y]) with c_noise: (B,) (a time embedding that accepts
+    values around [-2, 1.5], e.g. ``MLP(time_embedding="fourier", fourier_scale=1.0)``).
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: float = 0.5):
+        super().__init__()
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule has type {type(schedule).__name__}; expected a utils.schedules.Schedule")
+        check_positive("sigma_data", sigma_data)
+        self.net, self.schedule, self.sigma_data = net, schedule, float(sigma_data)
+
+    def coefficients(self, t: torch.Tensor):
+        """(alpha, c_in, c_skip, c_out, c_noise) at t: (B,), each (B,)."""
+        alpha, sigma = self.schedule._alpha(t), self.schedule._sigma(t)
+        level, sd = sigma / alpha, self.sigma_data
+        norm = torch.sqrt(level ** 2 + sd ** 2)
+        return alpha, 1 / norm, sd ** 2 / norm ** 2, level * sd / norm, torch.log(level) / 4
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        alpha, c_in, c_skip, c_out, c_noise = (append_dims(c, x.ndim) if c.ndim else c
+                                               for c in self.coefficients(t))
+        x_ve = x / alpha
+        inner = c_in * x_ve
+        F = self.net(inner, c_noise.flatten()) if y is None else self.net(inner, c_noise.flatten(), y)
+        return c_skip * x_ve + c_out * F
