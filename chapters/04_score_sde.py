@@ -268,17 +268,14 @@ widgets.explore(draw_three_dynamics, {"t": (0.0, 1.0, 0.01, 0.5)})
 # of $t$ is the same as changing the weighting $\lambda(t)$ (Song, Durkan, Murray & Ermon 2021 and Kingma et al. 2021 use this
 # as importance sampling). With $t\sim\mathcal U[t_{\min},1]$ the VP schedule spends few draws at small $t$, where $p_t$ has sharp modes and
 # where the likelihood of Section 5 is decided. So half of each batch draws $t$ over the whole range and half in $[t_{\min}, 0.2]$:
-# two `DiffusionLoss` objects, same cost per step. (Try `loss_fn = loss_all` alone: the samples still look fine, the
-# likelihood gets much worse.)
+# the distribution of training times is an argument of the loss (`losses.Stratified` gives each part an equal share of
+# every batch; Ch. 6 returns to $p_{\rm time}$ and $\lambda(t)$). (Try `time_distribution=losses.Uniform(vp.t_min, 1.0)`:
+# the samples still look fine, the likelihood gets much worse.)
 
 # %%
-loss_all = losses.DiffusionLoss(vp, "eps")                               # t ~ U[t_min, 1]
-loss_small = losses.DiffusionLoss(vp, "eps", t_range=(vp.t_min, 0.2))    # t ~ U[t_min, 0.2]
-
-def loss_fn(net, x0, y=None, generator=None):
-    """Continuous-time DSM (eps form) with t drawn from an equal mixture of the two ranges."""
-    h = x0.shape[0] // 2
-    return 0.5 * (loss_all(net, x0[:h], None, generator) + loss_small(net, x0[h:], None, generator))
+p_time = losses.Stratified(losses.Uniform(vp.t_min, 1.0),    # t ~ U[t_min, 1] for half of each batch
+                           losses.Uniform(vp.t_min, 0.2))    # t ~ U[t_min, 0.2] for the other half
+loss_fn = losses.DiffusionLoss(vp, "eps", time_distribution=p_time)
 
 torch.manual_seed(0)
 net = nets.MLP(2, S["hidden"], 3)

@@ -15,6 +15,14 @@ def check_positive(name: str, value) -> None:
         raise ValueError(f"{name}={value!r} is not valid; expected a positive number")
 
 
+def check_ordered(lo_name: str, lo, hi_name: str, hi) -> None:
+    """Two positive numbers with lo < hi (a beta or sigma range)."""
+    check_positive(lo_name, lo)
+    check_positive(hi_name, hi)
+    if hi <= lo:
+        raise ValueError(f"{hi_name}={hi!r} must exceed {lo_name}={lo!r}")
+
+
 def check_int(name: str, value, minimum: int = 1) -> None:
     if not (isinstance(value, int) and not isinstance(value, bool) and value >= minimum):
         raise ValueError(f"{name}={value!r} is not valid; expected an int >= {minimum}")

@@ -21,13 +21,8 @@ def grid_points(lim=3.0, n: int = 100):
     return torch.stack([X.reshape(-1), Y.reshape(-1)], 1), X, Y
 
 
-def plot_samples(x, ax=None, labels=None, lim=3.0, s=2, alpha=0.5, title=None, **scatter_kw):
-    """Scatter of 2D samples x: (N, 2), coloured by ``labels`` if given."""
-    ax = _ax(ax)
-    x = _np(x)
-    c = None if labels is None else _np(labels)
-    ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, c=c, cmap="tab10" if c is not None else None,
-               **scatter_kw)
+def _frame(ax, lim, title):
+    """Square axes on [-lim, lim]^2 (no limits for lim=None) with an optional title."""
     if lim is not None:
         ax.set_xlim(-lim, lim)
         ax.set_ylim(-lim, lim)
@@ -35,6 +30,16 @@ def plot_samples(x, ax=None, labels=None, lim=3.0, s=2, alpha=0.5, title=None, *
     if title:
         ax.set_title(title)
     return ax
+
+
+def plot_samples(x, ax=None, labels=None, lim=3.0, s=2, alpha=0.5, title=None, **scatter_kw):
+    """Scatter of 2D samples x: (N, 2), coloured by ``labels`` if given."""
+    ax = _ax(ax)
+    x = _np(x)
+    c = None if labels is None else _np(labels)
+    ax.scatter(x[:, 0], x[:, 1], s=s, alpha=alpha, c=c, cmap="tab10" if c is not None else None,
+               **scatter_kw)
+    return _frame(ax, lim, title)
 
 
 def plot_density(log_prob, ax=None, lim=3.0, n: int = 150, title=None, log=False, cmap="viridis"):
@@ -68,12 +73,7 @@ def plot_vector_field(field, ax=None, lim=3.0, n: int = 21, kind="quiver", color
         ax.quiver(_np(X), _np(Y), U, V, color=color, angles="xy")
     else:
         ax.streamplot(_np(X), _np(Y), U, V, color=color, density=1.0, linewidth=0.7)
-    ax.set_xlim(-lim, lim)
-    ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _frame(ax, lim, title)
 
 
 def plot_trajectories(xs, ax=None, n_paths: int = 50, lim=3.0, color="C1", alpha=0.5, title=None):
@@ -84,13 +84,7 @@ def plot_trajectories(xs, ax=None, n_paths: int = 50, lim=3.0, color="C1", alpha
     ax.plot(xs[:, :, 0], xs[:, :, 1], color=color, alpha=alpha, lw=0.8)
     ax.scatter(xs[0, :, 0], xs[0, :, 1], s=8, facecolors="none", edgecolors="gray")
     ax.scatter(xs[-1, :, 0], xs[-1, :, 1], s=8, color=color)
-    if lim is not None:
-        ax.set_xlim(-lim, lim)
-        ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal")
-    if title:
-        ax.set_title(title)
-    return ax
+    return _frame(ax, lim, title)
 
 
 def plot_loss(history, ax=None, window: int = 50, title="training loss", logy=True):

@@ -27,7 +27,7 @@ from typing import NamedTuple
 
 import torch
 
-from ._checks import as_time, check_choice, check_int, check_positive
+from ._checks import as_time, check_choice, check_int, check_ordered, check_positive
 
 
 class Coefficients(NamedTuple):
@@ -166,10 +166,7 @@ class VPLinear(Schedule):
     t_min = 1e-3
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0):
-        check_positive("beta_min", beta_min)
-        check_positive("beta_max", beta_max)
-        if beta_max <= beta_min:
-            raise ValueError(f"beta_max={beta_max!r} must exceed beta_min={beta_min!r}")
+        check_ordered("beta_min", beta_min, "beta_max", beta_max)
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
     def _params(self):
@@ -260,7 +257,24 @@ class VPCosine(Schedule):
         return 2 / math.pi * (1 + self.s) * torch.acos((alpha * self._c).clamp(-1, 1)) - self.s
 
 
-class VE(Schedule):
+class _NoiseOnly(Schedule):
+    """alpha_t = 1 and a noise range sigma_min < sigma_max (VE, EDM): the shared parts."""
+
+    def __init__(self, sigma_min: float, sigma_max: float):
+        check_ordered("sigma_min", sigma_min, "sigma_max", sigma_max)
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+
+    def _params(self):
+        return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
+
+    def _alpha(self, t):
+        return torch.ones_like(t)
+
+    def _d_alpha(self, t):
+        return torch.zeros_like(t)
+
+
+class VE(_NoiseOnly):
     """Variance-exploding schedule of NCSN / score SDE (Ch. 3, Ch. 4): alpha_t = 1 and
     sigma_t = sigma_min (sigma_max / sigma_min)^t (geometric noise levels on the clock t in [0, 1]).
 
@@ -270,24 +284,11 @@ class VE(Schedule):
     name = "ve"
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        check_positive("sigma_min", sigma_min)
-        check_positive("sigma_max", sigma_max)
-        if sigma_max <= sigma_min:
-            raise ValueError(f"sigma_max={sigma_max!r} must exceed sigma_min={sigma_min!r}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        super().__init__(sigma_min, sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
-
-    def _params(self):
-        return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-
-    def _alpha(self, t):
-        return torch.ones_like(t)
 
     def _sigma(self, t):
         return self.sigma_min * torch.exp(t * self._log_ratio)
-
-    def _d_alpha(self, t):
-        return torch.zeros_like(t)
 
     def _d_sigma(self, t):
         return self._sigma(t) * self._log_ratio
@@ -326,7 +327,7 @@ class LinearPath(Schedule):
         return torch.sigmoid(-lam.to(torch.float64))
 
 
-class EDM(Schedule):
+class EDM(_NoiseOnly):
     """EDM's schedule sigma(tau) = tau, alpha = 1 (Karras et al. 2022; Ch. 9), on t in [0, 1] by
     the change of clock tau = sigma_max * t: sigma_t = sigma_max t.
 
@@ -336,24 +337,12 @@ class EDM(Schedule):
     name = "edm"
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        check_positive("sigma_min", sigma_min)
-        check_positive("sigma_max", sigma_max)
-        if sigma_max <= sigma_min:
-            raise ValueError(f"sigma_max={sigma_max!r} must exceed sigma_min={sigma_min!r}")
-        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        super().__init__(sigma_min, sigma_max)
         self.t_min = self.sigma_min / self.sigma_max
-
-    def _params(self):
-        return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max)
-
-    def _alpha(self, t):
-        return torch.ones_like(t)
 
     def _sigma(self, t):
         return self.sigma_max * t
 
-    def _d_alpha(self, t):
-        return torch.zeros_like(t)
 
     def _d_sigma(self, t):
         return torch.full_like(t, self.sigma_max)
