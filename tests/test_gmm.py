@@ -1,5 +1,5 @@
 """The exact Gaussian-mixture oracle against autograd, Tweedie, Monte Carlo and the forward SDE
-(DESIGN.md, "The exact oracle")."""
+(the exact oracle of utils.gmm)."""
 import math
 
 import pytest

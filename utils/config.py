@@ -1,4 +1,4 @@
-"""Profiles, device choice and seeding (DESIGN.md, "Profiles").
+"""Profiles, device choice and seeding (the README's "Profiles": how big a run is, on which device).
 
 One environment variable, ``DIFFUSION_PROFILE`` = ``test`` | ``cpu`` | ``gpu``, sizes every run:
 

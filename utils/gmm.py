@@ -1,4 +1,4 @@
-"""The exact Gaussian-mixture oracle: ground truth without training (DESIGN.md).
+"""The exact Gaussian-mixture oracle: ground truth without training (monograph Ch. 6, §6.3; Ch. 3 for Tweedie).
 
 If p_0 = sum_k w_k N(mu_k, Sigma_k) and x_t = alpha_t x_0 + sigma_t eps, then every marginal is
 again a Gaussian mixture, in closed form:
