@@ -342,3 +342,23 @@ def test_plain_langevin_records_no_x0_and_says_why():
     samplers.sample_langevin(lambda z: -z, x, 0.1, 3, callback=rec)
     with pytest.raises(ValueError, match="no x0 estimates"):
         rec.x0s
+
+
+# --- it pays: classifier-free guidance on the interface ------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cfg_on_the_oracle_is_conditional_at_one_and_unconditional_at_zero(target):
+    from utils.guidance import ClassifierFreeGuidance
+
+    sched = schedules.VPLinear()
+    oracle = MIX.denoiser(sched)
+    x = MIX.sample(64, torch.Generator().manual_seed(2), t=0.4, schedule=sched)[0]
+    y = torch.randint(0, MIX.num_classes, (64,), generator=torch.Generator().manual_seed(3))
+    for t in (0.05, 0.4, 0.9):
+        torch.testing.assert_close(ClassifierFreeGuidance(oracle, 1.0)(x, t, y, target=target),
+                                   oracle(x, t, y, target=target), rtol=0, atol=1e-10)
+        torch.testing.assert_close(ClassifierFreeGuidance(oracle, 0.0)(x, t, y, target=target),
+                                   oracle(x, t, None, target=target), rtol=0, atol=1e-10)
+    w = 3.0  # and in between it is the affine combination, for every target alike
+    g = ClassifierFreeGuidance(oracle, w)(x, 0.4, y, target=target)
+    torch.testing.assert_close(g, w * oracle(x, 0.4, y, target=target) + (1 - w) * oracle(x, 0.4, None, target=target))
