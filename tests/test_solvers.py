@@ -121,8 +121,10 @@ def test_paradigms_equals_ddim_in_fewer_rounds():
     x1, rounds1 = solvers.paradigms(ORACLE, X1, grid, window=1)
     torch.testing.assert_close(x1, seq, atol=1e-10, rtol=0)
     assert rounds1 == 40
-    x8, rounds8 = solvers.paradigms(ORACLE, X1, grid, window=8, tol=1e-4)
+    model = solvers.CountingModel(ORACLE)
+    x8, rounds8 = solvers.paradigms(model, X1, grid, window=8, tol=1e-4)
     assert rounds8 < 40 and _err(x8, seq) < 1e-2
+    assert model.nfe == rounds8 and 40 * X1.shape[0] < model.points <= 8 * rounds8 * X1.shape[0]
 
 
 def test_solvers_run_a_guided_model():
@@ -141,9 +143,12 @@ def test_deis_weights_sum_to_the_exponential_integral():
 
 
 def test_equidistributed_grid_is_a_grid():
-    grid = solvers.equidistributed_grid(ORACLE, X1[:50], 10, n_fine=64)
+    lam, dens = solvers.local_error_density(ORACLE, X1[:50], n_fine=64)
+    grid = solvers.equidistributed_grid(SCHED, lam, dens, 10)
     assert grid.shape == (11,) and (grid.diff() < 0).all()
-    assert float(grid[0]) == SCHED.t_max and float(grid[-1]) == SCHED.t_min
+    torch.testing.assert_close(grid[[0, -1]], torch.tensor([SCHED.t_max, SCHED.t_min], dtype=torch.float64))
+    uniform = solvers.equidistributed_grid(SCHED, lam, torch.ones_like(lam), 8)   # constant density
+    torch.testing.assert_close(uniform, schedules.log_snr_grid(SCHED, 8))
 
 
 @pytest.mark.parametrize("call", [lambda: solvers.ddim(ORACLE, X1, [1.0, 0.0], eta=-1.0),

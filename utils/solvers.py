@@ -39,25 +39,27 @@ from .targets import Model
 
 
 class CountingModel(Model):
-    """``model`` with a counter: ``nfe`` goes up by one at each evaluation (a batched call,
-    whatever its batch size, is one evaluation). ``reset()`` sets it to zero."""
+    """``model`` with counters: ``nfe`` goes up by one at each evaluation (a batched call,
+    whatever its batch size, is one evaluation: one sequential round on a parallel device) and
+    ``points`` by the number of points evaluated (x.shape[0]: the total work). ``reset()`` sets
+    both to zero and returns the wrapper."""
 
     def __init__(self, model: Model):
         if not isinstance(model, Model):
             raise ValueError(f"model has type {type(model).__name__}; expected a utils.targets.Model")
         super().__init__(model.schedule)
-        self.model, self.nfe = model, 0
+        self.model, self.nfe, self.points = model, 0, 0
 
     def reset(self) -> "CountingModel":
-        self.nfe = 0
+        self.nfe, self.points = 0, 0
         return self
 
     def x0_eps(self, x, t, y=None):
-        self.nfe += 1
+        self.nfe, self.points = self.nfe + 1, self.points + x.shape[0]
         return self.model.x0_eps(x, t, y)
 
     def _answer(self, target, x, t, y):
-        self.nfe += 1
+        self.nfe, self.points = self.nfe + 1, self.points + x.shape[0]
         return self.model._answer(target, x, t, y)
 
     def check_times(self, t):
@@ -403,16 +405,13 @@ def paradigms(model: Model, x, grid, window: int = 8, tol: float = 1e-3, y=None,
 # --- a grid fitted to the model: equidistribute the local error (the effect of the grid) -----
 
 @torch.no_grad()
-def equidistributed_grid(model: Model, x_pilot, n_steps: int, order: int = 3, n_fine: int = 400,
-                         y=None) -> torch.Tensor:
-    """A time grid on which the local errors of an order-``order`` solver are about equal (§9.6;
-    classical step-size control done once, offline, in the spirit of Sabour et al. 2024, "Align
-    Your Steps"): a fine DPM-Solver++(2M) pilot solve from ``x_pilot`` (B, *D) records x0_hat
-    along the paths; a step of size h in lambda costs about h^(p+1) |d^p x0_hat / d lambda^p|,
-    so steps are placed with density |d^p x0_hat / d lambda^p|^(1/(p+1)) (mean over the pilot
-    paths) between the schedule's t_max and t_min. The pilot's ``n_fine`` evaluations are paid
-    once per model, not per sample. Returns n_steps + 1 decreasing times (float64)."""
-    check_int("n_steps", n_steps)
+def local_error_density(model: Model, x_pilot, order: int = 3, n_fine: int = 400, y=None):
+    """Where an order-``order`` step in log-SNR errs (§9.6): a step of size h at lambda costs
+    about h^(p+1) |d^p x0_hat / d lambda^p|, p = order. A fine DPM-Solver++(2M) pilot solve from
+    ``x_pilot`` (B, *D) records x0_hat along the paths; returns (lam, density), both (n_fine + 1,),
+    lam increasing, density = mean over paths of |d^p x0_hat / d lambda^p|^(1/(p+1)) plus a floor
+    of 10% of its mean (no step grows without bound). Its n_fine evaluations are paid once per
+    model (and pilot batch), not per sample."""
     check_int("order", order)
     check_int("n_fine", n_fine, 8)
     sch = model.schedule
@@ -424,13 +423,25 @@ def equidistributed_grid(model: Model, x_pilot, n_steps: int, order: int = 3, n_
     for _ in range(order):
         d = torch.gradient(d, spacing=(lam[:-1],), dim=0)[0]
     dens = d.norm(dim=-1).mean(1) ** (1 / (order + 1))
-    dens = torch.cat([dens, dens[-1:]]) + 0.1 * dens.mean()            # a floor: no step is too long
-    cdf = torch.cat([dens.new_zeros(1), torch.cumsum(0.5 * (dens[1:] + dens[:-1]) * lam.diff(), 0)])
+    return lam, torch.cat([dens, dens[-1:]]) + 0.1 * dens.mean()
+
+
+def equidistributed_grid(schedule, lam: torch.Tensor, density: torch.Tensor, n_steps: int) -> torch.Tensor:
+    """n_steps + 1 decreasing times whose log-SNRs split the integral of ``density`` over ``lam``
+    (from :func:`local_error_density`) into equal parts: every step errs about equally (classical
+    step-size control done once, offline; in the spirit of Sabour et al. 2024, "Align Your
+    Steps"). The ends are the pilot's: the schedule's t_max and t_min."""
+    check_int("n_steps", n_steps)
+    lam, density = torch.as_tensor(lam, dtype=torch.float64), torch.as_tensor(density, dtype=torch.float64)
+    if lam.ndim != 1 or lam.shape != density.shape or not (lam.diff() > 0).all() or (density <= 0).any():
+        raise ValueError(f"lam {tuple(lam.shape)} and density {tuple(density.shape)} are not valid; expected "
+                         "two 1-D tensors of one length, lam increasing, density positive")
+    cdf = torch.cat([lam.new_zeros(1), torch.cumsum(0.5 * (density[1:] + density[:-1]) * lam.diff(), 0)])
     u = torch.linspace(0, 1, n_steps + 1, dtype=torch.float64) * cdf[-1]
     k = torch.searchsorted(cdf, u).clamp(1, len(cdf) - 1)
     w = (u - cdf[k - 1]) / (cdf[k] - cdf[k - 1])
-    t = sch.t_from_log_snr(lam[k - 1] + w * (lam[k] - lam[k - 1]))
-    t[0], t[-1] = fine[0], fine[-1]
+    t = schedule.t_from_log_snr(lam[k - 1] + w * (lam[k] - lam[k - 1]))
+    t[0], t[-1] = schedule.t_from_log_snr(lam[0]), schedule.t_from_log_snr(lam[-1])
     return t
 
 
