@@ -15,11 +15,14 @@ sample; distillation (Ch. 10) and consistency models, CTM and MeanFlow (Ch. 11) 
 """
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 
 import torch
+from torch import nn
 
-from ._checks import as_time, check_batch, check_int, check_positive
+from ._checks import append_dims, as_time, check_batch, check_int, check_positive
+from .nets import FourierFeatures
 from .samplers import Recorder, _emit, check_grid, rk4_step
 from .schedules import Schedule
 from .targets import Model
@@ -62,7 +65,10 @@ class ExactFlowMap(FlowMap):
     def times(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """(n_steps + 1, B) per-sample grids from s to t, uniform in sigma~^(1/rho)."""
         sched, r = self.schedule, self.rho
-        ends = [sched.noise_level(u) ** (1 / r) for u in (s, t)]
+        # a path that ends in pure noise (linear path at t = 1: sigma~ = inf) starts its grid at t_max
+        top = torch.full_like(s, sched.t_max)
+        ends = [torch.where(torch.isfinite(lev := sched.noise_level(u)), lev, sched.noise_level(top)) ** (1 / r)
+                for u in (s, t)]
         k = torch.linspace(0, 1, self.n_steps + 1, dtype=s.dtype, device=s.device)[:, None]
         level = (ends[0] + k * (ends[1] - ends[0])) ** r
         grid = sched.t_from_log_snr(-torch.log(level)).to(s.dtype)
@@ -100,3 +106,368 @@ def sample_flow_map(flow_map: FlowMap, x, grid, y=None, callback=None):
         x = flow_map(x, float(grid[i]), float(grid[i + 1]), y)
         _emit(callback, i, grid[i + 1], x, x if float(grid[i + 1]) == 0 else None)
     return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Ch. 11: learning flow maps from scratch. Consistency models (§11.2), CTM (§11.4), MeanFlow (§11.5)
+# ---------------------------------------------------------------------------------------------
+
+def _times(t, x: torch.Tensor) -> torch.Tensor:
+    """t (float, 0-d or (B,)) as a (B,) tensor in x's dtype and device; no value check (jvp-safe)."""
+    return as_time(t, like=x, batch=x.shape[0], check=False)
+
+
+def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A (B,) coefficient shaped to broadcast against x: (B, *D)."""
+    return append_dims(v.to(x.dtype), x.ndim)
+
+
+class TwoTimeMLP(nn.Module):
+    """net(x, s, t) -> (B, out_dim): a residual MLP on [x, phi(s), phi(s - t)] for the two-time
+    flow-map models (CTM's g, MeanFlow's h; §11.4-11.5).
+
+    phi are random Fourier features of low frequency (``scale`` ~ 1), smooth in the times, so a
+    JVP in s (MeanFlow) stays well scaled; the gap s - t is fed in as MeanFlow does.
+    x: (B, dim); s, t: floats or (B,) tensors.
+    """
+
+    def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 16,
+                 scale: float = 1.0, out_dim: int | None = None):
+        super().__init__()
+        check_int("dim", dim)
+        check_int("hidden", hidden)
+        check_int("depth", depth)
+        check_positive("scale", scale)
+        self.dim = dim
+        self.embed_s = FourierFeatures(time_dim, scale=scale, seed=0)
+        self.embed_gap = FourierFeatures(time_dim, scale=scale, seed=1)
+        emb = 2 * time_dim + 2
+        self.inp = nn.Linear(dim + emb, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(depth))
+        self.t_proj = nn.ModuleList(nn.Linear(emb, hidden) for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or dim))
+
+    def forward(self, x: torch.Tensor, s, t) -> torch.Tensor:
+        if x.ndim != 2 or x.shape[1] != self.dim:
+            raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {self.dim})")
+        s, t = _times(s, x), _times(t, x)
+        emb = torch.cat([s[:, None], (s - t)[:, None], self.embed_s(s).to(x.dtype),
+                         self.embed_gap(s - t).to(x.dtype)], dim=1)
+        h = self.inp(torch.cat([x, emb], dim=1))
+        for block, proj in zip(self.blocks, self.t_proj):
+            h = h + block(h + proj(emb))
+        return self.out(h)
+
+
+def consistency_coefficients(schedule: Schedule, s, sigma_data: float = 0.5):
+    """(c_skip(s), c_out(s)), each (B,) or 0-d: EDM's boundary-respecting pair (§11.2; Song et al.
+    2023, App. C) in the schedule's sigma_s: c_skip = sd^2 / (sigma^2 + sd^2),
+    c_out = sd sigma / sqrt(sigma^2 + sd^2). sigma_0 = 0 gives c_skip = 1, c_out = 0: f(x, 0) = x."""
+    check_positive("sigma_data", sigma_data)
+    s = s if isinstance(s, torch.Tensor) else torch.tensor(float(s), dtype=torch.float64)
+    sig = schedule._coefficients(s)[1]
+    c_skip = sigma_data ** 2 / (sig ** 2 + sigma_data ** 2)
+    c_out = sigma_data * sig / torch.sqrt(sig ** 2 + sigma_data ** 2)
+    return c_skip, c_out
+
+
+class ConsistencyModel(nn.Module):
+    """f_theta(x, s) = c_skip(s) x + c_out(s) F_theta(x, s) (§11.2): the flow map to the data,
+    Psi_{s->0}, with f(x, 0) = x built in. ``net(x, s)`` is e.g. a :class:`utils.nets.MLP`.
+    x: (B, D); s: float or (B,)."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: float = 0.5):
+        super().__init__()
+        if not isinstance(schedule, Schedule):
+            raise ValueError(f"schedule has type {type(schedule).__name__}; expected a utils.schedules.Schedule")
+        check_positive("sigma_data", sigma_data)
+        self.net, self.schedule, self.sigma_data = net, schedule, float(sigma_data)
+
+    def forward(self, x: torch.Tensor, s) -> torch.Tensor:
+        s = _times(s, x)
+        c_skip, c_out = consistency_coefficients(self.schedule, s, self.sigma_data)
+        return _col(c_skip, x) * x + _col(c_out, x) * self.net(x, s)
+
+
+def consistency_grid(n_steps: int, power: float = 2.0) -> torch.Tensor:
+    """The n_steps + 1 times 1 = s_N > ... > s_1 > s_0 = 0 of discrete-time consistency training
+    (§11.2.1), s_i = (i / N)^power (decreasing, float64): finer near the data, where the PF-ODE
+    bends. (EDM's rho-spacing in the noise level would crowd the points next to t = 1 on a linear
+    path, where sigma~ = t / (1 - t) explodes, and leave the middle, where the mass moves, coarse.)
+    The last step lands on 0, where f(x, 0) = x anchors the chain."""
+    check_int("n_steps", n_steps)
+    check_positive("power", power)
+    return (torch.arange(n_steps, -1, -1, dtype=torch.float64) / n_steps) ** power
+
+
+def ddim_step(teacher: Model, x: torch.Tensor, s, t, y=None) -> torch.Tensor:
+    """One DDIM step of ``teacher`` from s to t (Ch. 9; the CD teacher step of Eq. 11.2.4):
+    x_t = alpha_t x0_hat + sigma_t eps_hat, with (x0_hat, eps_hat) the teacher's at (x, s).
+    (On the linear path it is one Euler step of the PF-ODE.) x: (B, D); s, t: floats or (B,)."""
+    x0, eps = teacher.x0_eps(x, _times(s, x), y)
+    a, sig = teacher.schedule._coefficients(_times(t, x))[:2]
+    return _col(a, x) * x0 + _col(sig, x) * eps
+
+
+class ConsistencyLoss:
+    """Discrete-time consistency loss (§11.2.1): with (s_{i+1}, s_i) a random adjacent pair of
+    :func:`consistency_grid` and x_{s_{i+1}} = alpha x0 + sigma eps,
+
+        L = E[ w_i || f_theta(x_{s_{i+1}}, s_{i+1}) - sg f_theta(x_hat_{s_i}, s_i) ||^2 ],
+
+    where x_hat_{s_i} is one DDIM step of ``teacher`` (CD, Eq. 11.2.4), or, without a teacher,
+    alpha_{s_i} x0 + sigma_{s_i} eps with the same (x0, eps) (CT, Eq. 11.2.6). The target uses the
+    current weights without gradient (sg, iCT's choice: no EMA teacher); w_i = 1 / (s_{i+1} - s_i).
+    ``loss(net, x0, y, generator)`` fits :func:`utils.training.train`."""
+
+    def __init__(self, schedule: Schedule, n_steps: int = 32, teacher: Model | None = None, power: float = 2.0):
+        if teacher is not None and not isinstance(teacher, Model):
+            raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model or None")
+        self.schedule, self.teacher = schedule, teacher
+        self.grid = consistency_grid(n_steps, power)
+        self.n_steps = n_steps
+
+    def pairs(self, x0: torch.Tensor, generator=None):
+        """(x_next, s_next, x_prev, s_prev): a random adjacent pair per sample and its two points."""
+        B = x0.shape[0]
+        i = torch.randint(0, self.n_steps, (B,), generator=generator, device=x0.device)
+        grid = self.grid.to(x0.device)
+        s_next, s_prev = grid[i].to(x0.dtype), grid[i + 1].to(x0.dtype)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        a, sig = self.schedule._coefficients(s_next)[:2]
+        x_next = _col(a, x0) * x0 + _col(sig, x0) * eps
+        if self.teacher is not None:
+            x_prev = ddim_step(self.teacher, x_next, s_next, s_prev)
+        else:
+            a, sig = self.schedule._coefficients(s_prev)[:2]
+            x_prev = _col(a, x0) * x0 + _col(sig, x0) * eps
+        return x_next, s_next, x_prev, s_prev
+
+    def __call__(self, net: ConsistencyModel, x0: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+        x_next, s_next, x_prev, s_prev = self.pairs(x0, generator)
+        with torch.no_grad():
+            target = net(x_prev, s_prev)
+        w = 1.0 / (s_next - s_prev)
+        return (w * ((net(x_next, s_next) - target) ** 2).flatten(1).sum(1)).mean()
+
+    def __repr__(self):
+        kind = "CD" if self.teacher is not None else "CT"
+        return f"ConsistencyLoss({kind}, n_steps={self.n_steps}, {self.schedule})"
+
+
+def _renoise(schedule: Schedule, x: torch.Tensor, t_from, t_to, generator=None) -> torch.Tensor:
+    """Carry a sample of p_{t_from} to one of p_{t_to} (t_to >= t_from) by the forward kernel:
+    x_to = (alpha_to / alpha_from) x + sqrt(sigma_to^2 - (alpha_to sigma_from / alpha_from)^2) z."""
+    a0, s0 = schedule._coefficients(_times(t_from, x))[:2]
+    a1, s1 = schedule._coefficients(_times(t_to, x))[:2]
+    ratio = a1 / a0
+    std = torch.sqrt((s1 ** 2 - (ratio * s0) ** 2).clamp(min=0))
+    z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    return _col(ratio, x) * x + _col(std, x) * z
+
+
+@torch.no_grad()
+def sample_consistency(model: ConsistencyModel, x, grid, generator=None, callback=None):
+    """Multistep consistency sampling (Alg. 9): x0 = f(x_T, T); then, for each later time t of
+    ``grid`` before its final 0, re-noise x_t = alpha_t x0 + sigma_t z and x0 = f(x_t, t).
+    ``grid``: decreasing times from T to 0 (two times: one step). Returns x0: (B, D)."""
+    check_batch("x", x)
+    grid = check_grid(grid, model.schedule.t_end)
+    if float(grid[-1]) != 0:
+        raise ValueError(f"grid ends at {float(grid[-1]):g}; expected it to end at 0")
+    if isinstance(callback, Recorder):
+        callback.start(x, grid[0])
+    x0 = model(x, float(grid[0]))
+    _emit(callback, 0, grid[1], x0, x0)
+    for i in range(1, len(grid) - 1):
+        x = _renoise(model.schedule, x0, 0.0, float(grid[i]), generator)
+        x0 = model(x, float(grid[i]))
+        _emit(callback, i, grid[i + 1], x0, x0)
+    return x0
+
+
+class LearnedFlowMap(FlowMap):
+    """A :class:`FlowMap` over a module ``net(x, s, t) -> G`` (CTM, MeanFlow): what the samplers
+    take. Evaluates without gradient in the module's dtype; s, t floats or (B,) tensors."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule):
+        super().__init__(schedule)
+        if not isinstance(net, nn.Module):
+            raise ValueError(f"net has type {type(net).__name__}; expected a torch.nn.Module net(x, s, t)")
+        self.net = net
+
+    @torch.no_grad()
+    def jump(self, x, s, t, y=None):
+        check_batch("x", x)
+        end = self.schedule.t_end
+        s = as_time(s, like=x, batch=x.shape[0], t_end=end)
+        t = as_time(t, like=x, batch=x.shape[0], t_end=end)
+        return self.net(x, s, t)
+
+    def __repr__(self):
+        return f"LearnedFlowMap({type(self.net).__name__}, {self.schedule})"
+
+
+class CTM(nn.Module):
+    """G_theta(x, s, t) = (t/s) x + (1 - t/s) g_theta(x, s, t) (Eq. 11.4.2), with
+    g_theta = c_skip(s) x + c_out(s) F_theta(x, s, t) (:func:`consistency_coefficients`).
+    G(x, s, s) = x for every net; on the linear path the optimal g(x, s, s) = x - s v is the
+    denoiser E[x0 | x_s] (Prop. 11.4.1). ``net(x, s, t)``: a :class:`TwoTimeMLP`. Needs s > 0."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: float = 0.5):
+        super().__init__()
+        check_positive("sigma_data", sigma_data)
+        self.net, self.schedule, self.sigma_data = net, schedule, float(sigma_data)
+
+    def g(self, x: torch.Tensor, s, t) -> torch.Tensor:
+        s, t = _times(s, x), _times(t, x)
+        c_skip, c_out = consistency_coefficients(self.schedule, s, self.sigma_data)
+        return _col(c_skip, x) * x + _col(c_out, x) * self.net(x, s, t)
+
+    def forward(self, x: torch.Tensor, s, t) -> torch.Tensor:
+        s, t = _times(s, x), _times(t, x)
+        r = _col(t / s, x)
+        return r * x + (1 - r) * self.g(x, s, t)
+
+
+def _frozen(net: nn.Module):
+    """net's forward with its parameters detached (sg theta): gradients reach the input only."""
+    params = {k: v.detach() for k, v in net.named_parameters()}
+    buffers = dict(net.named_buffers())
+    return lambda *args: torch.func.functional_call(net, {**params, **buffers}, args)
+
+
+class CTMLoss:
+    """CTM's soft consistency with a teacher (Eqs. 11.4.4-11.4.5) plus the denoising loss (Eq. 11.4.8).
+
+    Per sample: s ~ U(t_min, 1), t ~ U(0, s), u ~ U(t, s); x_s = alpha_s x0 + sigma_s eps; the
+    teacher's solve ``ExactFlowMap(teacher, teacher_steps)`` carries x_s to x_u; then
+
+        L_CTM = || sg G(G_theta(x_s, s, t), t, 0) - sg G(sg G_theta(x_u, u, t), t, 0) ||^2
+        L_DM  = || g_theta(x_s, s, s) - x0 ||^2,      L = L_CTM + dm_weight L_DM
+
+    (the distance is taken after a frozen jump to 0, CTM's data-space comparison).
+    ``loss(net, x0, y, generator)`` fits :func:`utils.training.train`."""
+
+    def __init__(self, schedule: Schedule, teacher: Model, teacher_steps: int = 4, dm_weight: float = 1.0):
+        if not isinstance(teacher, Model):
+            raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model")
+        check_int("teacher_steps", teacher_steps)
+        if not (isinstance(dm_weight, (int, float)) and dm_weight >= 0):
+            raise ValueError(f"dm_weight={dm_weight!r} is not valid; expected a number >= 0")
+        self.schedule, self.dm_weight = schedule, float(dm_weight)
+        self.teacher = ExactFlowMap(teacher, n_steps=teacher_steps)
+
+    def __call__(self, net: CTM, x0: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+        B, dev, dt = x0.shape[0], x0.device, x0.dtype
+        r = torch.rand(3, B, generator=generator, dtype=dt, device=dev)
+        t_min = self.schedule.t_min
+        s = t_min + (1 - t_min) * r[0]
+        t = s * r[1]
+        u = t + (s - t) * r[2]
+        eps = torch.randn(x0.shape, generator=generator, dtype=dt, device=dev)
+        a, sig = self.schedule._coefficients(s)[:2]
+        x_s = _col(a, x0) * x0 + _col(sig, x0) * eps
+        x_u = self.teacher.jump(x_s, s, u).to(dt)
+        frozen = _frozen(net)
+        zero = torch.zeros_like(t)
+        with torch.no_grad():
+            target = frozen(frozen(x_u, u, t), t.clamp(min=t_min), zero)
+        pred = frozen(net(x_s, s, t), t.clamp(min=t_min), zero)
+        l_ctm = ((pred - target) ** 2).flatten(1).sum(1)
+        l_dm = ((net.g(x_s, s, s) - x0) ** 2).flatten(1).sum(1)
+        return (l_ctm + self.dm_weight * l_dm).mean()
+
+
+@torch.no_grad()
+def sample_gamma(flow_map: FlowMap, x, grid, gamma: float, generator=None, callback=None):
+    """CTM's gamma-sampling (Alg. 11): from t_i, jump to t~ with noise level
+    sigma~(t~) = sqrt(1 - gamma^2) sigma~(t_{i+1}), then re-noise to t_{i+1} by the forward kernel.
+    gamma = 0: deterministic jumps (:func:`sample_flow_map`); gamma = 1: jump to 0 and re-noise
+    (consistency sampling, Alg. 9). ``grid``: decreasing times ending at 0."""
+    if not isinstance(flow_map, FlowMap):
+        raise ValueError(f"flow_map has type {type(flow_map).__name__}; expected a utils.flowmaps.FlowMap")
+    if not (isinstance(gamma, (int, float)) and 0 <= gamma <= 1):
+        raise ValueError(f"gamma={gamma!r} is not valid; expected a number in [0, 1]")
+    check_batch("x", x)
+    sched = flow_map.schedule
+    grid = check_grid(grid, sched.t_end)
+    if isinstance(callback, Recorder):
+        callback.start(x, grid[0])
+    for i in range(len(grid) - 1):
+        t_next = grid[i + 1:i + 2]
+        level = math.sqrt(1 - gamma ** 2) * sched.noise_level(t_next)
+        t_tilde = float(sched.t_from_log_snr(-torch.log(level))) if float(level) > 0 else 0.0
+        t_tilde = float(t_next) if gamma == 0 else t_tilde
+        x = flow_map(x, float(grid[i]), t_tilde)
+        if gamma > 0 and float(t_next) > 0:
+            x = _renoise(sched, x, t_tilde, float(t_next), generator)
+        _emit(callback, i, grid[i + 1], x, x if float(t_next) == 0 else None)
+    return x
+
+
+class MeanFlow(nn.Module):
+    """Psi_theta(x, s, t) = x + (t - s) h_theta(x, s, t) (§11.5, Eq. 11.5.2), h the average
+    velocity (1/(t - s)) int_s^t v(x_u, u) du of Eq. 11.5.1; G(x, s, s) = x for every net and
+    h(x, s, s) = v(x, s). One step from T to 0: x_0 = x_T - T h(x_T, T, 0) (derived in Ch. 11).
+    ``net(x, s, t)``: a :class:`TwoTimeMLP`."""
+
+    def __init__(self, net: nn.Module, schedule: Schedule):
+        super().__init__()
+        self.net, self.schedule = net, schedule
+
+    def h(self, x: torch.Tensor, s, t) -> torch.Tensor:
+        return self.net(x, s, t)
+
+    def forward(self, x: torch.Tensor, s, t) -> torch.Tensor:
+        s, t = _times(s, x), _times(t, x)
+        return x + _col(t - s, x) * self.h(x, s, t)
+
+
+def meanflow_tangent(h, x: torch.Tensor, s: torch.Tensor, t: torch.Tensor, v: torch.Tensor):
+    """(h(x, s, t), d/ds h(x_s, s, t)) along the path with dx_s/ds = v (Eq. 11.5.4): one
+    forward-mode JVP, torch.func.jvp(h, (x, s, t), (v, 1, 0)) = d_x h v + d_s h.
+    h: a callable (x: (B, D), s: (B,), t: (B,)) -> (B, D)."""
+    return torch.func.jvp(h, (x, s, t), (v, torch.ones_like(s), torch.zeros_like(t)))
+
+
+class MeanFlowLoss:
+    """The MeanFlow loss (Eq. 11.5.4): || h_theta(x_s, s, t) - sg[v + (t - s) d/ds h_theta] ||^2,
+    the identity h = v - (s - t)(d_x h v + d_s h) (Eq. 11.5.3) turned into a regression.
+
+    x_s = alpha_s x0 + sigma_s eps; v is the conditional velocity alpha'_s x0 + sigma'_s eps
+    (training from scratch) or ``teacher.velocity(x_s, s)`` (distillation). Times: s, t uniform
+    with s >= t, and t = s for a share ``equal_share`` of the pairs (there the loss is flow
+    matching, h(x, s, s) = v). ``loss(net, x0, y, generator)`` fits :func:`utils.training.train`."""
+
+    def __init__(self, schedule: Schedule, equal_share: float = 0.25, teacher: Model | None = None):
+        if not (isinstance(equal_share, (int, float)) and 0 <= equal_share <= 1):
+            raise ValueError(f"equal_share={equal_share!r} is not valid; expected a number in [0, 1]")
+        if teacher is not None and not isinstance(teacher, Model):
+            raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model or None")
+        self.schedule, self.equal_share, self.teacher = schedule, float(equal_share), teacher
+
+    def times(self, n: int, generator=None, dtype=torch.float32, device=None):
+        """(s, t): (n,) each, s >= t, uniform on the triangle, with t = s for ``equal_share``."""
+        r = torch.rand(3, n, generator=generator, dtype=dtype, device=device)
+        s, t = torch.maximum(r[0], r[1]), torch.minimum(r[0], r[1])
+        return s, torch.where(r[2] < self.equal_share, s, t)
+
+    def __call__(self, net: MeanFlow, x0: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+        s, t = self.times(x0.shape[0], generator, x0.dtype, x0.device)
+        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        a, sig, da, dsig = self.schedule._coefficients(s)
+        x_s = _col(a, x0) * x0 + _col(sig, x0) * eps
+        if self.teacher is not None:
+            with torch.no_grad():
+                v = self.teacher.velocity(x_s, s)
+        else:
+            v = _col(da, x0) * x0 + _col(dsig, x0) * eps
+        h, dh_ds = meanflow_tangent(net.h, x_s, s, t, v)
+        target = (v + _col(t - s, x0) * dh_ds).detach()
+        return ((h - target) ** 2).flatten(1).sum(1).mean()
+
+    def __repr__(self):
+        return f"MeanFlowLoss(equal_share={self.equal_share}, teacher={self.teacher!r})"
