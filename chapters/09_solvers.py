@@ -40,12 +40,12 @@ from utils.guidance import ClassifierFreeGuidance
 profile, device, gen = config.setup(seed=0, threads=1)   # 2D batches of a few hundred: one thread is fastest
 S = config.pick({
     "test": dict(n_paths=300, ref_steps=200, nfes=(6, 10, 15, 20, 30, 50, 80), order_nfes=(48, 96, 192), n_pilot=100,
-                 guide_paths=200, guide_ref_steps=120, weights=(1.0, 8.0),
+                 opt_nfes=(10, 15), opt_iter=200, guide_paths=200, guide_ref_steps=120, weights=(1.0, 8.0),
                  train_steps=1500, hidden=64, batch=256, n_samples=4000, model_nfes=(5, 10, 20),
                  para_paths=100, para_steps=64, windows=(1, 4, 16, 64)),
     "cpu": dict(n_paths=2000, ref_steps=300, nfes=(6, 8, 10, 12, 15, 20, 30, 50, 80, 120), order_nfes=(48, 96, 192),
                 n_pilot=200,
-                guide_paths=500, guide_ref_steps=200, weights=(1.0, 4.0, 8.0, 16.0),
+                opt_nfes=(8, 10, 12, 15, 20), opt_iter=400, guide_paths=500, guide_ref_steps=200, weights=(1.0, 4.0, 8.0, 16.0),
                 train_steps=5000, hidden=128, batch=512, n_samples=8000, model_nfes=(5, 10, 20, 40),
                 para_paths=300, para_steps=100, windows=(1, 4, 8, 16, 32, 100)),
 })
@@ -445,16 +445,46 @@ config.record(nb09_best_nfe_to_1e2=int(best[0]), nb09_best_solver=f"{best[1][0]}
 assert best[0] <= 30                                   # the package's RK4/Heun needed ~30 (issue 15)
 
 # %% [markdown]
-# **Reading the table.** Where the error lives decides which grid wins. The local-error density fitted
+# ### A grid optimized for the solver
+#
+# The fitted grid used a model of the local error. With the exact solution at hand one can do better:
+# choose the $N$ log-SNR steps that minimize the error itself on a small **pilot** batch of paths
+# (`solvers.optimized_grid`: Nelder–Mead over the softmax-parameterised step sizes, from the fitted grid;
+# in the spirit of Xue et al. 2024 and Align-Your-Steps, Sabour et al. 2024). It is done once per model
+# and NFE, offline, and measured below on the chapter's paths, which the optimization never saw.
+
+# %%
+x_pilot_ref = samplers.sample_rk4(oracle, x_pilot, schedules.log_snr_grid(sched, S["ref_steps"]))
+optimized = {}
+for name in tqdm(("DPM-Solver++(2M)", "DPM-Solver-3"), desc="optimizing grids"):
+    f, kw, _ = SOLVE[name]
+    for nfe in S["opt_nfes"]:
+        n = solvers.steps_for_nfe(f.__name__, nfe)
+        g_opt = solvers.optimized_grid(f, oracle, x_pilot, x_pilot_ref, GRIDS["fitted"](n), max_iter=S["opt_iter"])
+        optimized[name, nfe] = (error(f(cm.reset(), x1, g_opt, **kw)), cm.nfe, g_opt)
+        print(f"{name:18s} {cm.nfe:3d} NFE: fitted grid {error(f(oracle, x1, GRIDS['fitted'](n), **kw)):.2e}"
+              f"  ->  optimized grid {optimized[name, nfe][0]:.2e}  (held-out paths)")
+best_opt = min((e, k) for k, (e, nfe_used, _) in optimized.items() if nfe_used <= 15)
+hits = sorted((nfe_used, k[0], e) for k, (e, nfe_used, _) in optimized.items() if e < 1e-2)
+print(f"best at <= 15 NFE: {best_opt[1][0]} on its optimized grid, {optimized[best_opt[1]][1]} NFE, error {best_opt[0]:.2e}")
+print("fewest NFE to 1e-2 on an optimized grid: " + (f"{hits[0][1]}, {hits[0][0]} NFE (error {hits[0][2]:.2e})" if hits else "none tried")
+      + f"  -> the target 1e-2 in <= 15 NFE is {'met' if hits and hits[0][0] <= 15 else 'NOT met'}")
+config.record(nb09_optimized_best_error_at_15nfe=float(best_opt[0]), nb09_optimized_best_solver=best_opt[1][0],
+              nb09_target_1e2_at_15nfe_met=bool(hits and hits[0][0] <= 15))
+assert best_opt[0] < 0.7 * best_at_15[0]             # optimizing the grid beats every fixed grid at <= 15 NFE
+
+# %% [markdown]
+# **Reading the tables.** Where the error lives decides which grid wins. The local-error density fitted
 # above peaks where the noise level crosses the distance between modes ($\lambda\approx 0$): there the
 # posterior mean $\hat x_0$ switches from "the mean of all modes" to "one mode", and every solver's
 # Taylor expansion in $\lambda$ is poorest. Uniform $t$ puts most of its steps near the data, where
 # $\hat x_0$ barely moves; uniform $\lambda$ is fair everywhere; EDM's $\rho=7$ crowds the small noise levels;
-# the fitted grid puts the steps where they pay. The exponential integrators beat Heun at equal NFE
-# because their linear part costs nothing. At the 10–20 NFE that matter in practice the errors are
-# *not yet* asymptotic for this sharp mixture (std 0.15 modes): the higher orders pay off only below
-# about $3\cdot10^{-2}$. (Issue 15 asked for $10^{-2}$ at 15 NFE or fewer; the table says whether, and
-# where, that is met here.)
+# the fitted grid puts the steps where they pay, and the optimized grid also accounts for how the
+# solver's errors propagate and cancel. At the 10–20 NFE that matter in practice the errors are *not yet*
+# asymptotic for this sharp mixture (std 0.15 modes): the higher orders pay off only below about
+# $10^{-2}$, and at few NFE the grid matters more than the order. Issue 15's target ($10^{-2}$ in at most
+# 15 NFE, where the package's RK4 or Heun needed about 30) is judged by the lines printed above, for the
+# fixed grids and for the optimized ones.
 
 # %%
 fig, ax = plt.subplots(figsize=(7, 3))
@@ -462,6 +492,8 @@ ax.plot(lam_fine, density, color="C0")
 for gname, c in (("uniform log-SNR", "C1"), ("EDM rho=7", "C2"), ("fitted", "C3")):
     ax.plot(sched.log_snr(GRIDS[gname](12)), [0.05 * (1 + list(GRIDS).index(gname))] * 13, "|", ms=12, color=c,
             label=f"{gname}, 12 steps")
+g_opt = optimized["DPM-Solver++(2M)", max(S["opt_nfes"])][2]
+ax.plot(sched.log_snr(g_opt), [0.25] * len(g_opt), "|", ms=12, color="C4", label=f"optimized for ++(2M), {len(g_opt) - 1} steps")
 ax.set(xlabel=r"log-SNR $\lambda$", ylabel="local error density", title="where a step errs, and where the grids step")
 ax.legend(fontsize=8)
 fig.tight_layout()

@@ -161,3 +161,13 @@ def test_equidistributed_grid_is_a_grid():
 def test_bad_input_raises(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_optimized_grid_lowers_the_pilot_error():
+    ref = samplers.sample_rk4(ORACLE, X1[:32], schedules.log_snr_grid(SCHED, 60))
+    init = schedules.log_snr_grid(SCHED, 5)
+    grid = solvers.optimized_grid(solvers.dpm_solver_pp_2m, ORACLE, X1[:32], ref, init, max_iter=40)
+    assert grid.shape == init.shape and (grid.diff() < 0).all()
+    torch.testing.assert_close(grid[[0, -1]], init[[0, -1]])
+    err = lambda g: _err(solvers.dpm_solver_pp_2m(ORACLE, X1[:32], g), ref)
+    assert err(grid) <= err(init)

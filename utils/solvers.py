@@ -445,6 +445,42 @@ def equidistributed_grid(schedule, lam: torch.Tensor, density: torch.Tensor, n_s
     return t
 
 
+def optimized_grid(solver, model: Model, x_pilot, x_exact, init_grid, max_iter: int = 400, y=None) -> torch.Tensor:
+    """A grid optimized for one solver (§9.6; in the spirit of Xue et al. 2024, "Accelerating
+    Diffusion Sampling with Optimized Time Steps", and Sabour et al. 2024): the log-SNR steps
+    h_i = (lambda_N - lambda_0) softmax(theta)_i that minimize the mean distance of
+    ``solver(model, x_pilot, grid)`` to the exact endpoints ``x_exact`` (B, *D) of the pilot
+    paths, by Nelder-Mead from ``init_grid`` (its ends are kept). ``solver`` is a callable
+    (model, x, grid) -> x. Offline and once per model and NFE; measure the result on other paths.
+    Returns the grid (float64)."""
+    from scipy.optimize import minimize
+
+    check_int("max_iter", max_iter)
+    init = torch.as_tensor(init_grid, dtype=torch.float64)
+    sch = model.schedule
+    lam = sch.log_snr(init)
+    if not (torch.isfinite(lam).all() and (lam.diff() > 0).all()):
+        raise ValueError("init_grid is not valid; expected decreasing times with finite log-SNR")
+    lo, span = float(lam[0]), float(lam[-1] - lam[0])
+
+    def grid_of(theta):
+        h = torch.softmax(torch.as_tensor(theta, dtype=torch.float64), 0) * span
+        g = sch.t_from_log_snr(lo + torch.cat([h.new_zeros(1), torch.cumsum(h, 0)]))
+        g[0], g[-1] = init[0], init[-1]
+        return g
+
+    def loss(theta):
+        g = grid_of(theta)
+        if not (g.diff() < 0).all():
+            return 1e3
+        x = solver(model, x_pilot, g) if y is None else solver(model, x_pilot, g, y=y)
+        return float((x - x_exact).flatten(1).norm(dim=1).mean())
+
+    theta0 = torch.log(lam.diff()).numpy()
+    res = minimize(loss, theta0, method="Nelder-Mead", options={"maxfev": max_iter, "xatol": 1e-3, "fatol": 1e-6})
+    return grid_of(res.x)
+
+
 SOLVERS = {"ddim": ddim, "dpm_solver_1": dpm_solver_1, "dpm_solver_2": dpm_solver_2,
            "dpm_solver_3": dpm_solver_3, "dpm_solver_pp_2s": dpm_solver_pp_2s,
            "dpm_solver_pp_2m": dpm_solver_pp_2m, "deis": deis, "edm_heun": edm_heun}
