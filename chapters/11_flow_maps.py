@@ -44,9 +44,9 @@ S = config.pick({
     "test": dict(hidden=64, depth=2, batch=256, lr=2e-3, cm_steps=800, cm_grid=16, mf_steps=1000,
                  ablation_steps=500, ctm_steps=600, ctm_teacher_steps=2, n_eval=4000, exact_steps=128,
                  thm_points=20000),
-    "cpu": dict(hidden=128, depth=3, batch=512, lr=2e-3, cm_steps=3000, cm_grid=24, mf_steps=4000,
-                ablation_steps=2000, ctm_steps=2500, ctm_teacher_steps=4, n_eval=10000, exact_steps=128,
-                thm_points=100000),
+    "cpu": dict(hidden=128, depth=2, batch=256, lr=2e-3, cm_steps=2500, cm_grid=24, mf_steps=3000,
+                ablation_steps=1500, ctm_steps=2000, ctm_teacher_steps=4, n_eval=8000, exact_steps=128,
+                thm_points=50000),
 })
 S
 
@@ -359,6 +359,13 @@ config.record(nb11_ctm_1step_ratio=gamma_table[0.0][1], nb11_ctm_1step_error=ctm
               nb11_ctm_16step_error=ctm_err[16])
 
 # %% [markdown]
+# Read the two measurements separately. Pointwise, the γ = 0 chain moves toward the exact map as
+# steps are added and then levels off at the learned map's own error: it never gets worse. In
+# distribution, all three γ are close to the floor in this small 2D problem; the drift of γ = 1 at
+# many steps that Prop. 11.4.2 predicts is at most a few per cent here, within the metric's noise.
+# The accumulation shows clearly where the map is worse: CM's multistep sampling above is γ = 1.
+
+# %% [markdown]
 # ## 11.5 MeanFlow: the average velocity
 #
 # MeanFlow (§11.5) parameterises the map by the **average velocity** between $s$ and $t$ (Eq. 11.5.1)
@@ -457,12 +464,15 @@ for share in (1.0, 0.25, 0.0):
     print(f"share t=s {share:<4}: SW / floor at", {k: round(v, 2) for k, v in mf_table[share].items()},
           f" one-step mean |x - Psi_(1->0)| = {mf_err[share]:.2f}")
 assert mf_table[1.0][1] > 2 * mf_table[0.25][1] and mf_err[1.0] > 2 * mf_err[0.25]
+assert mf_err[0.0] < 0.7 * mf_err[1.0]
 assert mf_err[0.25] < 0.5 * euler1_err
 config.record(nb11_meanflow_1step_ratio=mf_table[0.25][1], nb11_meanflow_fm_only_1step_ratio=mf_table[1.0][1])
 
 # %% [markdown]
 # Pure flow matching (share 1) fails at one step and recovers only as steps are added (it is
-# Euler's method). Both shares that include pairs with $s\neq t$ give a one-step generator.
+# Euler's method). Pairs with $s\neq t$ are what make one step work; with none at $s=t$ the one-step
+# map still works but, at this budget, is less accurate than with a quarter of them (the run is also
+# shorter; the ablation's two extra runs use `ablation_steps`).
 #
 # **Widget: choose $s$ and $t$.** Points of $p_s$ jump to time $t\le s$ with the learned MeanFlow map
 # and with the exact map; the title gives the mean distance between the two.

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from utils import data, nets, schedules
+from utils import data, nets, samplers, schedules
 from utils import flowmaps as fm
 
 
@@ -34,11 +34,11 @@ def _rk4_map(velocity, x, s, t, n_steps):
 
 def test_exact_map_converges_and_composes(setup):
     mix, path, oracle = setup
-    z = torch.randn(200, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    psi = fm.ExactFlowMap(oracle, n_steps=128)
+    z = torch.randn(100, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    psi = fm.ExactFlowMap(oracle, n_steps=64)
     x = psi(z, 1.0, 0.0)
-    fine = fm.ExactFlowMap(oracle, n_steps=512)(z, 1.0, 0.0)
-    assert (x - fine).norm(dim=1).max() < 2e-3
+    fine = fm.ExactFlowMap(oracle, n_steps=256)(z, 1.0, 0.0)
+    assert (x - fine).norm(dim=1).max() < 1e-2
     for u in (0.6, 0.1):                                    # semigroup: Psi_{u->0} o Psi_{1->u} = Psi_{1->0}
         assert (psi(psi(z, 1.0, u), u, 0.0) - fine).norm(dim=1).max() < 2e-3
     torch.testing.assert_close(psi(z, 0.4, 0.4), z)         # Psi_{s->s} = id
@@ -101,18 +101,18 @@ def test_meanflow_identity_on_exact_oracle(setup):
     x = mix.sample(n, torch.Generator().manual_seed(3), t=0.8, schedule=path)[0]
     s = torch.full((n,), 0.8, dtype=torch.float64)
     t = torch.full((n,), 0.2, dtype=torch.float64)
-    h_fn = lambda x_, s_, t_: (_rk4_map(oracle.velocity, x_, s_, t_, 60) - x_) / (t_ - s_)[:, None]
+    h_fn = lambda x_, s_, t_: (_rk4_map(oracle.velocity, x_, s_, t_, 40) - x_) / (t_ - s_)[:, None]
     v = oracle.velocity(x, s)
     h, dh_ds = fm.meanflow_tangent(h_fn, x, s, t, v)
     torch.testing.assert_close(h, v - (s - t)[:, None] * dh_ds, atol=1e-4, rtol=0)
     assert ((s - t)[:, None] * dh_ds).norm(dim=1).mean() > 0.1    # the correction term is not trivial
     # h by trapezoid quadrature of v along the exact path agrees, and x_0 = x_s - s h(x_s, s, 0)
-    K = 400
+    K = 200
     u = 0.8 * torch.linspace(1, 0, K + 1, dtype=torch.float64) ** 2
-    psi = fm.ExactFlowMap(oracle, n_steps=16)
+    field = samplers.velocity_field(oracle)
     xs, vs = x, [oracle.velocity(x, 0.8)]
     for k in range(K):
-        xs = psi(xs, float(u[k]), float(u[k + 1]))
+        xs = samplers.rk4_step(field, xs, float(u[k]), float(u[k + 1]))[0]
         vs.append(oracle.velocity(xs, float(u[k + 1])))
     vs = torch.stack(vs)
     h_quad = ((vs[1:] + vs[:-1]) / 2 * (u[1:] - u[:-1])[:, None, None]).sum(0) / (0 - 0.8)
