@@ -15,7 +15,7 @@ start (RK4 on a fine log-SNR grid, checked against one with twice the steps). Pr
   measured on the benchmark's own paths;
 * the best solver and grid at 1e-2, and the best error at <= 15 NFE.
 
-Not part of the test run; writes tests/benchmark_solvers.json.
+Not part of the test run; ``--json PATH`` also writes the figures and curves as JSON.
 """
 from __future__ import annotations
 
@@ -115,9 +115,12 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--paths", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()
     t0 = time.perf_counter()
     result = main(args.paths, args.seed)
     result["seconds"] = round(time.perf_counter() - t0, 1)
-    (ROOT / "tests" / "benchmark_solvers.json").write_text(json.dumps(result, indent=1))
-    print(f"\n{result['seconds']:.0f} s; written to tests/benchmark_solvers.json")
+    print(f"\n{result['seconds']:.0f} s")
+    if args.json is not None:
+        args.json.write_text(json.dumps(result, indent=1))
+        print(f"written to {args.json}")
