@@ -204,3 +204,48 @@ def test_bad_input():
         guidance.three_class_mixture(minor_weight=1.5)
     with pytest.raises(ValueError, match="n_samples"):
         guidance.grid_sample(mix.log_prob, 0)
+
+
+def test_linear_reward_optimum_is_the_tilt():
+    """log pi*(x) - log pi_ref(x) - a.x / beta is one constant (-log Z), Eq. 8.5.5."""
+    mix, a, beta = MIXTURES["full_cov"], torch.tensor([1.0, -0.5], dtype=torch.float64), 0.7
+    opt = guidance.linear_reward_optimum(mix, a, beta)
+    x = _points(mix, 0.0, schedules.VPLinear(), n=100)
+    diff = opt.log_prob(x) - mix.log_prob(x) - x @ a / beta
+    torch.testing.assert_close(diff, diff[0].expand(100), rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="beta"):
+        guidance.linear_reward_optimum(mix, a, 0.0)
+
+
+def test_preference_pairs_follow_bradley_terry():
+    xa = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand(20_000, 2)
+    xb = torch.tensor([[0.0, 0.0]], dtype=torch.float64).expand(20_000, 2)
+    reward = lambda x: 0.8 * x[:, 0]
+    pairs = guidance.preference_pairs(xa, xb, reward, torch.Generator().manual_seed(6))
+    assert pairs.shape == (20_000, 2, 2)
+    wins = float((pairs[:, 0, 0] == 1.0).double().mean())
+    p = float(torch.sigmoid(torch.tensor(0.8)))
+    assert abs(wins - p) < 5 * math.sqrt(p * (1 - p) / 20_000)
+    torch.testing.assert_close(guidance.bradley_terry_prob(torch.tensor(0.3), torch.tensor(-0.2)) +
+                               guidance.bradley_terry_prob(torch.tensor(-0.2), torch.tensor(0.3)), torch.tensor(1.0))
+
+
+def test_diffusion_dpo_loss():
+    """At theta = ref the margin is 0 and the loss is log 2; lowering the winner's error lowers it."""
+    import copy
+
+    torch.manual_seed(0)
+    sched = schedules.VPLinear()
+    ref = nets.MLP(2, 16, 1)
+    loss = guidance.diffusion_dpo_loss(ref, sched, beta=0.5)
+    pairs = torch.randn(64, 2, 2)
+    same = copy.deepcopy(ref)
+    torch.testing.assert_close(loss(same, pairs, None, torch.Generator().manual_seed(0)), torch.tensor(math.log(2)))
+    assert not any(p.requires_grad for p in ref.parameters())            # the reference is frozen
+    for p in same.parameters():
+        p.requires_grad_(True)
+    value = loss(same, pairs, None, torch.Generator().manual_seed(0))
+    value.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in same.parameters())
+    with pytest.raises(ValueError, match="pairs has shape"):
+        loss(same, torch.randn(64, 2), None, None)

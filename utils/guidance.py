@@ -337,3 +337,79 @@ class NoisyMeasurementGuidance(DPS):
 
     def __repr__(self):
         return f"NoisyMeasurementGuidance({self.model!r}, zeta={self.zeta:g}, sigma_y={self.sigma_y:g})"
+
+
+# --- preference alignment: the KL-regularised optimum and Diffusion-DPO (§8.5) ------------------
+
+def bradley_terry_prob(reward_a: torch.Tensor, reward_b: torch.Tensor) -> torch.Tensor:
+    """P(a preferred to b) = sigmoid(r(a) - r(b)) (Bradley-Terry, Eq. 8.5.1), elementwise."""
+    return torch.sigmoid(reward_a - reward_b)
+
+
+def preference_pairs(x_a: torch.Tensor, x_b: torch.Tensor, reward, generator=None) -> torch.Tensor:
+    """Label pairs by Bradley-Terry draws from ``reward(x) -> (B,)``: returns (B, 2, D) with the
+    winner first, (x^w, x^l), the input of :func:`diffusion_dpo_loss`."""
+    check_batch("x_a", x_a)
+    if x_b.shape != x_a.shape:
+        raise ValueError(f"x_b has shape {tuple(x_b.shape)}; expected the shape of x_a, {tuple(x_a.shape)}")
+    p = bradley_terry_prob(reward(x_a), reward(x_b))
+    a_wins = torch.rand(p.shape, dtype=p.dtype, generator=generator) < p
+    a_wins = append_dims(a_wins.to(x_a.device), x_a.ndim)
+    return torch.stack([torch.where(a_wins, x_a, x_b), torch.where(a_wins, x_b, x_a)], 1)
+
+
+def linear_reward_optimum(mixture, a, beta: float):
+    """The KL-regularised optimum pi*(x) ∝ pi_ref(x) exp(r(x) / beta) (Eq. 8.5.5) for a linear reward
+    r(x) = a^T x and a Gaussian-mixture pi_ref, in closed form: each component is tilted,
+
+        N(x; m, S) exp(b^T x) = exp(b^T m + b^T S b / 2) N(x; m + S b, S),   b = a / beta,
+
+    so pi* is a Gaussian mixture with shifted means and reweighted components. a: (D,)."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    if a.shape != (mixture.dim,):
+        raise ValueError(f"a has shape {tuple(a.shape)}; expected ({mixture.dim},)")
+    check_positive("beta", beta)
+    b = a / beta
+    Sb = (mixture.covs @ b)                                                          # (K, D)
+    log_w = mixture.weights.log() + mixture.means @ b + 0.5 * (Sb @ b)
+    return GaussianMixture(mixture.means + Sb, mixture.covs, torch.softmax(log_w, 0), mixture.labels)
+
+
+def diffusion_dpo_loss(ref_net, schedule, beta: float, t_range=None):
+    """Diffusion-DPO (Wallace et al. 2024; §8.5, the single-step bound after Eqs. 8.5.7-8.5.9) for
+    eps-prediction nets, as ``loss(net, pairs, y=None, generator) -> scalar`` with pairs: (B, 2, D)
+    = (x^w, x^l) (:func:`preference_pairs`):
+
+        -log sigmoid( beta (t_hi - t_lo) |lambda'_t| [ dMSE(x^l) - dMSE(x^w) ] ),
+        dMSE(x) = ||eps_theta(x_t, t) - eps||^2 - ||eps_ref(x_t, t) - eps||^2,
+
+    one t ~ U[t_lo, t_hi] and one eps per pair. |lambda'_t| (lambda = log alpha/sigma) is the ELBO's
+    weighting, so beta (t_hi - t_lo) E_t[|lambda'| dMSE] estimates -log(pi_theta / pi_ref) and beta
+    is the beta of pi* ∝ pi_ref exp(r / beta) (up to the ELBO and Jensen gaps). ``ref_net`` is frozen."""
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule has type {type(schedule).__name__}; expected a Schedule")
+    check_positive("beta", beta)
+    lo, hi = (schedule.t_min, schedule.t_max) if t_range is None else tuple(t_range)
+    if not 0 < lo < hi <= 1:
+        raise ValueError(f"t_range={t_range!r} is not valid; expected (t_lo, t_hi) with 0 < t_lo < t_hi <= 1")
+    for p in ref_net.parameters():
+        p.requires_grad_(False)
+
+    def loss(net, pairs, y=None, generator=None):
+        if pairs.ndim < 3 or pairs.shape[1] != 2:
+            raise ValueError(f"pairs has shape {tuple(pairs.shape)}; expected (B, 2, *D) = (winner, loser)")
+        B = pairs.shape[0]
+        t = lo + (hi - lo) * torch.rand(B, dtype=pairs.dtype, device=pairs.device, generator=generator)
+        eps = torch.randn(pairs[:, 0].shape, dtype=pairs.dtype, device=pairs.device, generator=generator)
+        a, s, da, ds = (append_dims(c.to(pairs.dtype), pairs.ndim - 1) for c in schedule.coefficients(t))
+        x = torch.cat([pairs[:, 0], pairs[:, 1]])                                     # winners, then losers
+        e, tt = torch.cat([eps, eps]), torch.cat([t, t])
+        xt = torch.cat([a, a]) * x + torch.cat([s, s]) * e
+        with torch.no_grad():
+            ref_err = ((ref_net(xt, tt) - e) ** 2).flatten(1).sum(1)
+        d_mse = ((net(xt, tt) - e) ** 2).flatten(1).sum(1) - ref_err
+        lam_dot = (da / a - ds / s).flatten()                                         # d lambda / dt < 0
+        margin = beta * (hi - lo) * lam_dot.abs() * (d_mse[B:] - d_mse[:B])
+        return -torch.nn.functional.logsigmoid(margin).mean()
+
+    return loss
