@@ -107,17 +107,17 @@ def test_progressive_distillation_loss_is_zero_for_a_student_equal_to_a_linear_t
 def test_exact_flow_map_against_a_tighter_solve_and_its_semigroup_property():
     sched = schedules.VPLinear()
     oracle = MIX.denoiser(sched)
-    z = samplers.sample_prior(sched, (300, 2), torch.Generator().manual_seed(10), dtype=torch.float64)
-    coarse, fine = flowmaps.ExactFlowMap(oracle, 32), flowmaps.ExactFlowMap(oracle, 128)
-    x0_fine = fine(z, 1.0, 0.0)
-    assert float((coarse(z, 1.0, 0.0) - x0_fine).norm(dim=1).max()) < 0.05
+    z = samplers.sample_prior(sched, (100, 2), torch.Generator().manual_seed(10), dtype=torch.float64)
+    psi = flowmaps.ExactFlowMap(oracle, 64)
+    x0 = psi(z, 1.0, 0.0)
+    assert float((flowmaps.ExactFlowMap(oracle, 16)(z, 1.0, 0.0) - x0).norm(dim=1).max()) < 0.1
+    assert float((flowmaps.ExactFlowMap(oracle, 256)(z, 1.0, 0.0) - x0).norm(dim=1).max()) < 2e-3
     # semigroup Psi_{0.4->0} o Psi_{1->0.4} = Psi_{1->0}, and a round trip 0.4 -> 0.9 -> 0.4
-    x_mid = fine(z, 1.0, 0.4)
-    assert float((fine(x_mid, 0.4, 0.0) - x0_fine).norm(dim=1).max()) < 1e-3
-    assert float((fine(fine(x_mid, 0.4, 0.9), 0.9, 0.4) - x_mid).norm(dim=1).max()) < 1e-6
+    x_mid = psi(z, 1.0, 0.4)
+    assert float((psi(x_mid, 0.4, 0.0) - x0).norm(dim=1).max()) < 5e-3
+    assert float((psi(psi(x_mid, 0.4, 0.9), 0.9, 0.4) - x_mid).norm(dim=1).max()) < 1e-4
     # the exact map pushes the prior onto the data: its samples sit on the modes
-    d = torch.cdist(x0_fine, MIX.means).min(1).values
-    assert float(d.median()) < 0.3
+    assert float(torch.cdist(x0, MIX.means).min(1).values.median()) < 0.3
 
 
 def test_bad_inputs_raise_value_errors():

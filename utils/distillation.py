@@ -5,8 +5,9 @@ exact flow map Psi_{s->t} (the oracle loss of Eq. 10.1.4, possible here because 
 Gaussian mixture), a teacher's ODE solution (knowledge distillation, Luhman & Luhman 2021) or two
 of its own previous steps (progressive distillation, Salimans & Ho 2022; §10.3).
 
-* :func:`ddim_step`, :class:`DDIMMap`: the DDIM step x_t = alpha_t x0_hat + sigma_t eps_hat of any
-  :class:`utils.targets.Model` as a flow map (the teacher's sampler; PD's students).
+* :class:`DDIMMap`: the DDIM step x_t = alpha_t x0_hat + sigma_t eps_hat of any
+  :class:`utils.targets.Model` (:func:`utils.flowmaps.ddim_step`, re-exported) as a flow map (the
+  teacher's sampler; PD's students).
 * :func:`x0_for_jump`, :func:`pd_target`: Lemma 10.3.1, the x0 that makes one DDIM step land
   where two teacher steps land.
 * :class:`VPrediction`, :func:`v_target`, :class:`VPredictionLoss`: Salimans & Ho's
@@ -26,7 +27,7 @@ import torch
 from torch import nn
 
 from ._checks import append_dims, as_time, check_batch, check_int, check_positive
-from .flowmaps import FlowMap
+from .flowmaps import FlowMap, ddim_step  # the DDIM step x_t = alpha_t x0_hat + sigma_t eps_hat (Ch. 9)
 from .nets import SinusoidalEmbedding
 from .schedules import Schedule
 from .targets import Model
@@ -44,18 +45,6 @@ def _ab(schedule: Schedule, t, x: torch.Tensor):
 
 
 # --- DDIM as a flow map ----------------------------------------------------------------------------
-
-def ddim_step(model: Model, x: torch.Tensor, s, t, y=None) -> torch.Tensor:
-    """One DDIM step (Song et al. 2021a; §9.2, §10.3.1) from time s to time t < s:
-
-        x_t = alpha_t x0_hat + sigma_t eps_hat,   (x0_hat, eps_hat) = model.x0_eps(x, s).
-
-    x: (B, *D); s, t: floats or (B,) tensors. It is exact when the posterior is a point mass
-    (and, for any model, on the model's own PF-ODE to first order)."""
-    x0, eps = model.x0_eps(x, s, y)
-    a_t, s_t = _ab(model.schedule, t, x)
-    return a_t * x0 + s_t * eps
-
 
 class DDIMMap(FlowMap):
     """G(x, s, t) = one DDIM step of ``model`` from s to t: a model's DDIM sampler as a flow map,
