@@ -36,7 +36,7 @@
 import sys, pathlib
 ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p / "utils").is_dir())
 sys.path.insert(0, str(ROOT))
-import math, torch, matplotlib.pyplot as plt
+import copy, math, torch, matplotlib.pyplot as plt
 from utils import config, schedules, data, nets, training, samplers, metrics, plotting, widgets
 from utils import flowmaps
 profile, device, gen = config.setup(seed=0, threads=1)   # 2D nets: one thread is the fastest
@@ -473,7 +473,46 @@ config.record(nb11_meanflow_1step_ratio=mf_table[0.25][1], nb11_meanflow_fm_only
 # Euler's method). Pairs with $s\neq t$ are what make one step work; with none at $s=t$ the one-step
 # map still works but, at this budget, is less accurate than with a quarter of them (the run is also
 # shorter; the ablation's two extra runs use `ablation_steps`).
+
+# %% [markdown]
+# ### CTM and MeanFlow: one loss (§11.5.3)
 #
+# CTM's map is MeanFlow's with $h=(x-g)/s$: $\tfrac ts x+(1-\tfrac ts)g=x+(t-s)\tfrac{x-g}{s}$. Take CTM's soft
+# consistency with an exact teacher over a short step $u=s-\delta$: the residual
+# $G_\theta(x_s,s,t)-G_\theta(\Psi_{s\to u}x_s,u,t)=\delta\,\tfrac{\mathrm d}{\mathrm ds}G_\theta+O(\delta^2)$,
+# and $\tfrac{\mathrm d}{\mathrm ds}G=v-h+(t-s)\tfrac{\mathrm d}{\mathrm ds}h$ is minus MeanFlow's residual.
+# So, sample by sample, CTM's squared residual over $\delta^2$ tends to MeanFlow's loss (with the teacher's
+# $v$). In CTM's own variable, $G-G'=(1-\tfrac ts)(g-g')$, the same quantity is
+# $\big(\tfrac{s-t}{s}\big)^2\|g-g'\|^2/\delta^2$: the $1/s^2$ weight of §11.5.3, the gap $(s-t)^2$ being the one
+# that $h=(G-x)/(t-s)$ divides out. Checked on the trained CTM, in float64:
+
+# %%
+ctm64 = copy.deepcopy(ctm).double()
+n = 1000
+g = torch.Generator().manual_seed(15)
+s_r = 0.2 + 0.8 * torch.rand(n, generator=g, dtype=torch.float64)
+t_r = s_r * torch.rand(n, generator=g, dtype=torch.float64)
+x_r = mix.sample(n, g)[0]
+x_r = (1 - s_r)[:, None] * x_r + s_r[:, None] * torch.randn(n, 2, generator=g, dtype=torch.float64)
+v_r = oracle.velocity(x_r, s_r)
+h_ctm = lambda x, s_, t_: (x - ctm64.g(x, s_, t_)) / s_[:, None]
+h_r, dh_r = flowmaps.meanflow_tangent(h_ctm, x_r, s_r, t_r, v_r)
+loss_mf = ((h_r - (v_r + (t_r - s_r)[:, None] * dh_r)) ** 2).sum(1).detach()      # MeanFlow, per sample
+rel_gap = {}
+for delta in (1e-2, 1e-3, 1e-4):
+    u_r = s_r - delta
+    x_u = flowmaps.ExactFlowMap(oracle, n_steps=4)(x_r, s_r, u_r)               # the teacher's short step
+    with torch.no_grad():
+        G_tgt = ctm64(x_u, u_r, t_r)
+        g_tgt = (G_tgt - (t_r / s_r)[:, None] * x_r) / (1 - t_r / s_r)[:, None]
+        loss_G = ((ctm64(x_r, s_r, t_r) - G_tgt) ** 2).sum(1) / delta ** 2
+        loss_g = ((ctm64.g(x_r, s_r, t_r) - g_tgt) ** 2).sum(1) / delta ** 2
+    torch.testing.assert_close(loss_g * ((s_r - t_r) / s_r) ** 2, loss_G)
+    rel_gap[delta] = ((loss_G - loss_mf).abs() / loss_mf).median().item()
+print("median |CTM residual^2 / delta^2 - MeanFlow loss| / MeanFlow loss:", {d: f"{r:.1e}" for d, r in rel_gap.items()})
+assert rel_gap[1e-4] < 0.02 and rel_gap[1e-4] < rel_gap[1e-2] / 20
+
+# %% [markdown]
 # **Widget: choose $s$ and $t$.** Points of $p_s$ jump to time $t\le s$ with the learned MeanFlow map
 # and with the exact map; the title gives the mean distance between the two.
 
@@ -612,9 +651,10 @@ for gam in (0.0, 1.0):
 # * CTM learns the whole map, $G=\tfrac ts x+(1-\tfrac ts)g$; with γ = 0 more steps move its samples
 #   toward the exact map.
 # * MeanFlow learns the average velocity through one JVP per step; one step is $x_0=x_T-T\,h$ in this
-#   book's clock. Pairs with $s\ne t$ are what make one step work.
+#   book's clock. Pairs with $s\ne t$ are what make one step work. Its loss is CTM's consistency loss
+#   in the limit of a short teacher step (§11.5.3), and its residual is the Eulerian one of §11.6.
 # * The best one- and two-step models come within the factors of the 100-step teacher asserted above.
 #
 # **Not covered here:** continuous-time consistency models and sCM/TrigFlow with their stabilisers
-# (§11.3), and the numerical check of §11.5.3 (CTM and MeanFlow losses agree up to a $1/s^2$ weight).
+# (§11.3).
 # The monograph's Epilogue (Ch. 12) steps back to the principle these methods share.
