@@ -249,3 +249,18 @@ def test_diffusion_dpo_loss():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in same.parameters())
     with pytest.raises(ValueError, match="pairs has shape"):
         loss(same, torch.randn(64, 2), None, None)
+
+
+def test_diffusion_dpo_loss_several_draws():
+    """n_t draws per pair: still log 2 at theta = ref; n_t must be a positive int."""
+    import copy
+
+    torch.manual_seed(1)
+    sched = schedules.VPLinear()
+    ref = nets.MLP(2, 16, 1)
+    same = copy.deepcopy(ref)
+    loss8 = guidance.diffusion_dpo_loss(copy.deepcopy(ref), sched, beta=1.0, n_t=8)
+    torch.testing.assert_close(loss8(same, torch.randn(32, 2, 2), None, torch.Generator().manual_seed(0)),
+                               torch.tensor(math.log(2)))
+    with pytest.raises(ValueError, match="n_t"):
+        guidance.diffusion_dpo_loss(ref, sched, beta=1.0, n_t=0)
