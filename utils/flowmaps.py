@@ -12,6 +12,19 @@ sample; distillation (Ch. 10) and consistency models, CTM and MeanFlow (Ch. 11) 
   on a grid uniform in EDM's rho-spaced noise level between s and t. With the exact
   Gaussian-mixture oracle it is the exact flow map to solver accuracy (the tests check it
   against a solve with four times the steps), so every learned map can be measured against it.
+
+Learned from scratch (Ch. 11; time runs data t = 0 -> noise t = 1 as everywhere in the book):
+
+* §11.2 consistency models: :func:`consistency_coefficients` (c_skip, c_out with f(x, 0) = x),
+  :class:`ConsistencyModel`, :class:`ConsistencyLoss` (CD with a teacher's :func:`ddim_step`,
+  Eq. 11.2.4; CT without, Eq. 11.2.6) on :func:`consistency_grid`, and multistep
+  :func:`sample_consistency` (Alg. 9).
+* §11.4 CTM: :class:`CTM`, G = (t/s) x + (1 - t/s) g (Eq. 11.4.2), :class:`CTMLoss` (soft
+  consistency with a teacher + denoising loss), :func:`sample_gamma` (Alg. 11).
+* §11.5 MeanFlow: :class:`MeanFlow`, Psi = x + (t - s) h, :func:`meanflow_tangent` (the JVP of
+  Eq. 11.5.4), :class:`MeanFlowLoss`.
+* :class:`TwoTimeMLP` (a net(x, s, t) with smooth time features) and :class:`LearnedFlowMap`
+  (a module as a :class:`FlowMap` for the samplers).
 """
 from __future__ import annotations
 
@@ -112,6 +125,11 @@ def sample_flow_map(flow_map: FlowMap, x, grid, y=None, callback=None):
 # Ch. 11: learning flow maps from scratch. Consistency models (§11.2), CTM (§11.4), MeanFlow (§11.5)
 # ---------------------------------------------------------------------------------------------
 
+def _check_schedule(schedule) -> None:
+    if not isinstance(schedule, Schedule):
+        raise ValueError(f"schedule has type {type(schedule).__name__}; expected a utils.schedules.Schedule")
+
+
 def _times(t, x: torch.Tensor) -> torch.Tensor:
     """t (float, 0-d or (B,)) as a (B,) tensor in x's dtype and device; no value check (jvp-safe)."""
     return as_time(t, like=x, batch=x.shape[0], check=False)
@@ -180,8 +198,7 @@ class ConsistencyModel(nn.Module):
 
     def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: float = 0.5):
         super().__init__()
-        if not isinstance(schedule, Schedule):
-            raise ValueError(f"schedule has type {type(schedule).__name__}; expected a utils.schedules.Schedule")
+        _check_schedule(schedule)
         check_positive("sigma_data", sigma_data)
         self.net, self.schedule, self.sigma_data = net, schedule, float(sigma_data)
 
@@ -225,6 +242,8 @@ class ConsistencyLoss:
     def __init__(self, schedule: Schedule, n_steps: int = 32, teacher: Model | None = None, power: float = 2.0):
         if teacher is not None and not isinstance(teacher, Model):
             raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model or None")
+        _check_schedule(schedule)
+        check_int("n_steps", n_steps)
         self.schedule, self.teacher = schedule, teacher
         self.grid = consistency_grid(n_steps, power)
         self.n_steps = n_steps
@@ -318,6 +337,7 @@ class CTM(nn.Module):
 
     def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: float = 0.5):
         super().__init__()
+        _check_schedule(schedule)
         check_positive("sigma_data", sigma_data)
         self.net, self.schedule, self.sigma_data = net, schedule, float(sigma_data)
 
@@ -354,6 +374,7 @@ class CTMLoss:
     def __init__(self, schedule: Schedule, teacher: Model, teacher_steps: int = 4, dm_weight: float = 1.0):
         if not isinstance(teacher, Model):
             raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model")
+        _check_schedule(schedule)
         check_int("teacher_steps", teacher_steps)
         if not (isinstance(dm_weight, (int, float)) and dm_weight >= 0):
             raise ValueError(f"dm_weight={dm_weight!r} is not valid; expected a number >= 0")
@@ -416,6 +437,7 @@ class MeanFlow(nn.Module):
 
     def __init__(self, net: nn.Module, schedule: Schedule):
         super().__init__()
+        _check_schedule(schedule)
         self.net, self.schedule = net, schedule
 
     def h(self, x: torch.Tensor, s, t) -> torch.Tensor:
@@ -447,6 +469,7 @@ class MeanFlowLoss:
             raise ValueError(f"equal_share={equal_share!r} is not valid; expected a number in [0, 1]")
         if teacher is not None and not isinstance(teacher, Model):
             raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model or None")
+        _check_schedule(schedule)
         self.schedule, self.equal_share, self.teacher = schedule, float(equal_share), teacher
 
     def times(self, n: int, generator=None, dtype=torch.float32, device=None):
