@@ -3,6 +3,7 @@
 Every notebook kernel inherits this process's environment, so the profile is pinned here:
 the test suite always runs the ``test`` profile (what CI runs on 2 CPU cores), whatever the
 reader's shell says. The repository root goes on PYTHONPATH so kernels can import ``utils``.
+Each process (pytest's workers and every kernel) uses one thread.
 """
 import os
 import sys
@@ -10,9 +11,17 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 os.environ["DIFFUSION_PROFILE"] = "test"
+# One thread per process: the tests run the notebooks two at a time (pytest-xdist, one notebook per
+# worker, see pytest.ini), and the small 2D models gain nothing from a second thread, while two
+# processes with two threads each on two cores run many times slower (spinning OpenMP threads).
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MPLBACKEND"] = "Agg"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
 sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402  (after OMP_NUM_THREADS, so this process starts with one thread too)
+
+torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items):
