@@ -361,9 +361,10 @@ fig.tight_layout()
 #
 # * At $\omega = 1$ the tilted density is $p_0(x\mid c)$, a true diffusion marginal: the ODE samples it,
 #   at the noise floor. This is the control.
-# * For $\omega > 1$ the guided ODE **over-sharpens**: its samples are far tighter than $\tilde p_0$, and
-#   the minor mode loses almost all its mass (exact $\tilde p_0$ keeps a good share of it). The ODE
-#   decides early, at high noise, where $p_t(c\mid x)$ pushes the whole cloud away from the other classes.
+# * For $\omega > 1$ the guided ODE **over-sharpens**: its samples are tighter than $\tilde p_0$, and the
+#   minor mode loses most of its mass, almost all of it from $\omega = 4$ on (exact $\tilde p_0$ keeps a good share).
+#   One reading: at high noise $p_t(c\mid x)$ is smooth and pushes the whole cloud away from the other classes,
+#   before the modes have separated, and the ODE never undoes that early decision.
 # * Langevin steps on the tilted score repair the **shape within modes** (the spread moves towards
 #   the exact one, the distance drops) but **not the mass between modes**: once the modes have separated,
 #   local moves cannot carry mass across the low-density gap, so the minor mode stays empty. Fixing
@@ -567,24 +568,26 @@ best = lambda s, name: min(v["ratio"] for (s_, n_, z), v in inverse.items() if s
 for sigma_y in (0.2, 0.05):
     assert inverse[sigma_y, "exact", 1.0]["ratio"] < 2.0       # the sampler itself is accurate
 assert best(0.2, "DPS") < 2.5                                  # loose measurement: DPS is close
-assert best(0.05, "DPS") > 3.0                                 # tight measurement: DPS is biased at every zeta
 post_tight = guidance.linear_gaussian_posterior(mix, A_obs, y_obs, 0.05)
-tight_dps = [v for (s_, n_, z), v in inverse.items() if s_ == 0.05 and n_ == "DPS" and math.isfinite(v["ratio"])]
-assert all(v["top"] > float(post_tight.weights.max()) + 0.15 for v in tight_dps)   # ... towards the top mode
+for z in (0.3, 1.0):                                           # tight measurement, literal or mildly scaled DPS:
+    v = inverse[0.05, "DPS", z]
+    assert v["ratio"] > 3.0                                    # biased (or diverged) ...
+    assert not math.isfinite(v["ratio"]) or v["top"] > float(post_tight.weights.max()) + 0.1   # ... to the top mode
 assert best(0.2, "noisy-y") > 3.0                              # the prior-blind sibling is biased too
 config.record(nb08_dps_best_sw_ratio_sigma02=float(best(0.2, "DPS")),
               nb08_dps_best_sw_ratio_sigma005=float(best(0.05, "DPS")),
               nb08_noisy_y_best_sw_ratio_sigma02=float(best(0.2, "noisy-y")))
 
 # %% [markdown]
-# **Where and why DPS is biased.** DPS is exact only if $p(x_0\mid x_t)$ is a point mass. With a loose
-# measurement ($\sigma_y = 0.2$) its over-strong pull at mid noise still leaves the samples close to the
-# posterior at $\zeta = 1$, with the right mass on each component. With a tight one ($\sigma_y = 0.05$) the point-mass likelihood $\mathcal N(y; A\hat x_0, \sigma_y^2)$
-# is far too confident at high noise, where $\hat x_0$ is a blurred average: it commits early to the
-# component that dominates there and over-weights it (the top-component mass above, against the exact
-# one), and at the literal $\zeta = 1$ the term is so stiff ($\propto 1/\sigma_y^2$) that the explicit sampler
-# can diverge. Shrinking $\zeta$ trades that for not fitting $y$. The Jacobian-free sibling ignores the prior
-# altogether (it is exact for a flat prior), and is biased for any $\sigma_y$.
+# **Where and why DPS is biased.** DPS is exact only if $p(x_0\mid x_t)$ is a point mass; otherwise its guided
+# score pulls towards the measurement several times too hard at mid noise (measured above). With a loose
+# measurement ($\sigma_y = 0.2$) the samples at the literal $\zeta = 1$ still end close to the posterior, with the
+# right mass on each component. With a tight one ($\sigma_y = 0.05$) the literal DPS commits early to the
+# component that dominates at high noise and over-weights it (top-component mass above, against the exact one);
+# with a coarse step grid the term, stiff as $1/\sigma_y^2$, can even make the explicit sampler diverge. A smaller
+# $\zeta$ undoes part of the over-strong pull, but whether it lands on the posterior then depends on the step count
+# as much as on $\zeta$ (Exercise 4): $\zeta$ is a knob tuned per problem and per sampler, not a fix. The
+# Jacobian-free sibling ignores the prior altogether (it is exact for a flat prior), and is biased for any $\sigma_y$.
 
 # %% [markdown]
 # ## 7. Preference alignment (§8.5)
@@ -733,17 +736,24 @@ print(f"clean-data classifier at w=3: SW ratio {ratio(x_clean, exact_pool3):.2f}
 # extrapolation: the guidance term is wrong exactly where the ODE decides which class region to enter.
 
 # %% [markdown]
-# **Exercise 4 (DPS step size).** For $\sigma_y = 0.05$, how does the posterior-mean error and the data fit
-# $|x_1 - y|$ of DPS change with $\zeta \in \{0.03, 0.1, 0.3\}$? Why does no $\zeta$ fix the mode weights?
+# **Exercise 4 (DPS: approximation or discretisation?).** For $\sigma_y = 0.05$ and $\zeta \in \{0.1, 0.3\}$, sample with
+# 100 and with 300 reverse-SDE steps and compare with the exact posterior. Which part of the error goes away with
+# more steps, and which does not?
 
 # %% tags=["solution"]
-for z in (0.03, 0.1, 0.3):
-    x = sde_samples(guidance.DPS(oracle, A_obs, y_obs, 0.05, z))
-    print(f"zeta={z}: posterior-mean error {float((x.mean(0) - post_tight.mean()).norm()):.3f}, "
-          f"mean |x_1 - y| {float((x[:, 0] - y_obs).abs().mean()):.3f} (exact posterior: "
-          f"{float((post_tight.sample(4000, torch.Generator().manual_seed(1))[0][:, 0] - y_obs).abs().mean()):.3f})")
-# zeta scales the whole (wrong) likelihood term: small zeta fits y loosely, large zeta fits it but
-# inherits the point-mass approximation's early, overconfident choice of component at high noise.
+for z in (0.1, 0.3):
+    for n_steps in (100, 300):
+        g = torch.Generator().manual_seed(71)
+        x1 = samplers.sample_prior(sched, (800, 2), g, torch.float64)
+        x = samplers.sample_euler_maruyama(guidance.DPS(oracle, A_obs, y_obs, 0.05, z), x1,
+                                           schedules.uniform_grid(n_steps, sched.t_start, sched.t_min), generator=g)
+        top_mass = float(guidance.noisy_class_log_probs(gmm.GaussianMixture(post_tight.means, post_tight.covs, post_tight.weights),
+                                                        x, 0.0, sched)[:, int(post_tight.weights.argmax())].exp().mean())
+        print(f"zeta={z}, {n_steps} steps: SW/floor {metrics.compare_to_floor(x, lambda m, g: post_tight.sample(m, g), repeats=4).ratio:.2f}, "
+              f"top-component mass {top_mass:.3f} (exact {float(post_tight.weights.max()):.3f})")
+# The stiff term (step ~ zeta / sigma_y^2) needs small steps: at zeta = 0.1 most of the error is discretisation
+# and shrinks with more steps; at zeta = 0.3 the over-weighting of the top component stays: that part is the
+# point-mass approximation, which no step count removes.
 
 # %% [markdown]
 # ## Summary
@@ -759,7 +769,8 @@ for z in (0.03, 0.1, 0.3):
 #   within modes, not the mass between them.
 # * Raising $\omega$ trades diversity for class fidelity, and the learned CFG model follows the exact one.
 # * Posterior sampling with DPS is close to the exact posterior when the measurement is loose, and biased
-#   (over-weighting a mode, or unstable) when it is tight, because $p(x_0\mid x_t)$ is not a point mass.
+#   (over-weighting a mode, or unstable) at the literal step when it is tight, because $p(x_0\mid x_t)$ is not a
+#   point mass; a scaled-down step is a per-problem, per-sampler knob.
 # * The KL-regularised preference optimum $\pi^* \propto \pi_{\text{ref}}e^{r/\beta}$ is exact for a linear reward; a small
 #   $\beta$ leaves the data and drops modes. Diffusion-DPO raises the reward but overshoots $\pi^*$ here: its
 #   single-step ELBO bound does not pin the fine-tuned model to the optimum.
