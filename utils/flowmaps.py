@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from ._checks import append_dims, as_time, check_batch, check_int, check_positive
-from .nets import FourierFeatures
+from .nets import FourierFeatures, ResidualTrunk
 from .samplers import Recorder, _emit, check_grid, rk4_step
 from .schedules import Schedule
 from .targets import Model
@@ -140,7 +140,7 @@ def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return append_dims(v.to(x.dtype), x.ndim)
 
 
-class TwoTimeMLP(nn.Module):
+class TwoTimeMLP(ResidualTrunk):
     """net(x, s, t) -> (B, out_dim): a residual MLP on [x, phi(s), phi(s - t)] for the two-time
     flow-map models (CTM's g, MeanFlow's h; §11.4-11.5).
 
@@ -151,21 +151,15 @@ class TwoTimeMLP(nn.Module):
 
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3, time_dim: int = 16,
                  scale: float = 1.0, out_dim: int | None = None):
-        super().__init__()
         check_int("dim", dim)
         check_int("hidden", hidden)
         check_int("depth", depth)
         check_positive("scale", scale)
+        emb = 2 * time_dim + 2                                              # [s, s - t, phi(s), phi(s - t)]
+        super().__init__(dim + emb, emb, hidden, depth, out_dim or dim,
+                         first={"embed_s": FourierFeatures(time_dim, scale=scale, seed=0),
+                                "embed_gap": FourierFeatures(time_dim, scale=scale, seed=1)})
         self.dim = dim
-        self.embed_s = FourierFeatures(time_dim, scale=scale, seed=0)
-        self.embed_gap = FourierFeatures(time_dim, scale=scale, seed=1)
-        emb = 2 * time_dim + 2
-        self.inp = nn.Linear(dim + emb, hidden)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-            for _ in range(depth))
-        self.t_proj = nn.ModuleList(nn.Linear(emb, hidden) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or dim))
 
     def forward(self, x: torch.Tensor, s, t) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
@@ -173,10 +167,7 @@ class TwoTimeMLP(nn.Module):
         s, t = _times(s, x), _times(t, x)
         emb = torch.cat([s[:, None], (s - t)[:, None], self.embed_s(s).to(x.dtype),
                          self.embed_gap(s - t).to(x.dtype)], dim=1)
-        h = self.inp(torch.cat([x, emb], dim=1))
-        for block, proj in zip(self.blocks, self.t_proj):
-            h = h + block(h + proj(emb))
-        return self.out(h)
+        return self.trunk(torch.cat([x, emb], dim=1), emb)
 
 
 def consistency_coefficients(schedule: Schedule, s, sigma_data: float = 0.5):

@@ -51,8 +51,50 @@ class FourierFeatures(nn.Module):
         return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
 
 
-class MLP(nn.Module):
-    """net(x, t[, y]) -> (B, dim): a residual MLP on [x, time features (+ label embedding)].
+class ResidualTrunk(nn.Module):
+    """trunk(h_in, cond[, shift]) -> (B, out_dim): the residual MLP of the nets here (:class:`MLP`,
+    :class:`utils.flowmaps.TwoTimeMLP`), conditioned in every block,
+
+        h_0 = inp(h_in) (+ shift),   h_{k+1} = h_k + block_k(h_k + t_proj_k(cond)),   out(h_depth),
+
+    block_k = SiLU-Linear-SiLU-Linear (hidden -> hidden), t_proj_k Linear(cond_dim, hidden), out
+    SiLU-Linear(hidden, out_dim). h_in: (B, in_dim); cond: (B, cond_dim); shift: (B, hidden).
+
+    A net built on it subclasses it and passes its own embeddings in ``first``: they are set as
+    attributes before the trunk's layers are made, so parameters are drawn (under a seed) and
+    listed in that order.
+    """
+
+    def __init__(self, in_dim: int, cond_dim: int, hidden: int, depth: int, out_dim: int,
+                 first: dict[str, nn.Module | None] | None = None):
+        super().__init__()
+        for nm, v in (("in_dim", in_dim), ("cond_dim", cond_dim), ("hidden", hidden), ("depth", depth),
+                      ("out_dim", out_dim)):
+            check_int(nm, v)
+        for name, module in (first or {}).items():
+            setattr(self, name, module)
+        self.inp = nn.Linear(in_dim, hidden)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
+            for _ in range(depth))
+        self.t_proj = nn.ModuleList(nn.Linear(cond_dim, hidden) for _ in range(depth))
+        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim))
+
+    def trunk(self, h_in: torch.Tensor, cond: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.inp(h_in)
+        if shift is not None:
+            h = h + shift
+        for block, proj in zip(self.blocks, self.t_proj):
+            h = h + block(h + proj(cond))
+        return self.out(h)
+
+    def forward(self, h_in: torch.Tensor, cond: torch.Tensor, shift: torch.Tensor | None = None) -> torch.Tensor:
+        return self.trunk(h_in, cond, shift)
+
+
+class MLP(ResidualTrunk):
+    """net(x, t[, y]) -> (B, dim): a residual MLP on [x, time features (+ label embedding)]
+    (:class:`ResidualTrunk` with the time features as the condition of every block).
 
     Args:
         dim: data dimension D (x: (B, D)).
@@ -66,23 +108,18 @@ class MLP(nn.Module):
     def __init__(self, dim: int = 2, hidden: int = 128, depth: int = 3,
                  time_embedding: str = "sinusoidal", time_dim: int = 32,
                  num_classes: int | None = None, out_dim: int | None = None, fourier_scale: float = 16.0):
-        super().__init__()
         check_int("dim", dim)
         check_int("hidden", hidden)
         check_int("depth", depth)
         check_choice("time_embedding", time_embedding, ("sinusoidal", "fourier"))
         if num_classes is not None:
             check_int("num_classes", num_classes)
-        self.dim, self.num_classes = dim, num_classes
-        self.embed_t = SinusoidalEmbedding(time_dim) if time_embedding == "sinusoidal" else \
+        embed_t = SinusoidalEmbedding(time_dim) if time_embedding == "sinusoidal" else \
             FourierFeatures(time_dim, scale=fourier_scale)
-        self.embed_y = nn.Embedding(num_classes + 1, hidden) if num_classes else None
-        self.inp = nn.Linear(dim + time_dim, hidden)
-        self.blocks = nn.ModuleList(
-            nn.Sequential(nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, hidden))
-            for _ in range(depth))
-        self.t_proj = nn.ModuleList(nn.Linear(time_dim, hidden) for _ in range(depth))
-        self.out = nn.Sequential(nn.SiLU(), nn.Linear(hidden, out_dim or dim))
+        embed_y = nn.Embedding(num_classes + 1, hidden) if num_classes else None
+        super().__init__(dim + time_dim, time_dim, hidden, depth, out_dim or dim,
+                         first={"embed_t": embed_t, "embed_y": embed_y})
+        self.dim, self.num_classes = dim, num_classes
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if x.ndim != 2 or x.shape[1] != self.dim:
@@ -90,17 +127,15 @@ class MLP(nn.Module):
         t = torch.as_tensor(t, dtype=x.dtype, device=x.device)
         t = t.expand(x.shape[0]) if t.ndim == 0 else t
         emb = self.embed_t(t).to(x.dtype)
-        h = self.inp(torch.cat([x, emb], dim=1))
+        label = None
         if self.embed_y is not None:
             if y is None:
                 y = torch.full((x.shape[0],), NULL_LABEL, dtype=torch.long, device=x.device)
             idx = torch.where(y == NULL_LABEL, torch.full_like(y, self.num_classes), y)
-            h = h + self.embed_y(idx)
+            label = self.embed_y(idx)
         elif y is not None:
             raise ValueError("y was given but the net has num_classes=None; expected no labels")
-        for block, proj in zip(self.blocks, self.t_proj):
-            h = h + block(h + proj(emb))
-        return self.out(h)
+        return self.trunk(torch.cat([x, emb], dim=1), emb, label)
 
 
 class EDMPrecond(nn.Module):

@@ -90,6 +90,42 @@ def _denoise(model, x, t, t_next, y):
     return _coef(model.schedule, t_next)[0] * x0, x0
 
 
+def _run(model, x, grid, y, callback, step):
+    """The loop every single-grid solver shares: for each step t -> t_next of ``grid``, the
+    coefficients at both ends, then ``step(x, t, (a, s, lam), (a_n, s_n, lam_n)) -> (x_next, x0_hat)``
+    (the solver's own update, only ever called where sigma(t_next) > 0), or :func:`_denoise` on a
+    last step to sigma = 0; ``callback`` after each step. Returns x at grid[-1]."""
+    grid = _start(model, x, grid, callback)
+    for i in range(len(grid) - 1):
+        t, t_next = float(grid[i]), float(grid[i + 1])
+        now, nxt = _coef(model.schedule, t), _coef(model.schedule, t_next)
+        if nxt[1] == 0:
+            x, x0 = _denoise(model, x, t, t_next, y)
+        else:
+            x, x0 = step(x, t, now, nxt)
+        _emit(callback, i, t_next, x, x0)
+    return x
+
+
+def _midpoint_step(model, y, first_order):
+    """The step of a two-stage exponential Runge-Kutta method with r = 1/2 (DPM-Solver-2 in the
+    noise form, DPM-Solver++(2S) in the data form), for :func:`_run`: ``first_order(x, a, s, a_to,
+    s_to, h, x0_hat, eps_hat)`` (the form's first-order step over h in lambda) to the midpoint
+    lambda + h/2, one evaluation there, then ``first_order`` over the whole step with the
+    midpoint's prediction. Two evaluations per step."""
+    def step(x, t, now, nxt):
+        (a, s, lam), (a_n, s_n, lam_n) = now, nxt
+        h = lam_n - lam
+        t_mid = _t_at(model.schedule, lam + h / 2)
+        a_m, s_m, _ = _coef(model.schedule, t_mid)
+        x0, eps = model.x0_eps(x, t, y)
+        u = first_order(x, a, s, a_m, s_m, h / 2, x0, eps)
+        x0_mid, eps_mid = model.x0_eps(u, t_mid, y)
+        return first_order(x, a, s, a_n, s_n, h, x0_mid, eps_mid), x0
+
+    return step
+
+
 # --- §9.2 DDIM ---------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -125,18 +161,12 @@ def ddim(model: Model, x, grid, eta: float = 0.0, y=None, generator=None, callba
 def dpm_solver_1(model: Model, x, grid, y=None, callback=None):
     """DPM-Solver-1 (Lu et al. 2022, Eq. 3.7; §9.4): eps held constant over the step,
     x' = (alpha'/alpha) x - sigma' expm1(h) eps_hat. Equal to DDIM (Prop. 9.4.2)."""
-    grid = _start(model, x, grid, callback)
-    for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        a, s, lam = _coef(model.schedule, t)
-        a_n, s_n, lam_n = _coef(model.schedule, t_next)
-        if s_n == 0:
-            x, x0 = _denoise(model, x, t, t_next, y)
-        else:
-            x0, eps = model.x0_eps(x, t, y)
-            x = (a_n / a) * x - s_n * math.expm1(lam_n - lam) * eps
-        _emit(callback, i, t_next, x, x0)
-    return x
+    def step(x, t, now, nxt):
+        (a, _, lam), (a_n, s_n, lam_n) = now, nxt
+        x0, eps = model.x0_eps(x, t, y)
+        return (a_n / a) * x - s_n * math.expm1(lam_n - lam) * eps, x0
+
+    return _run(model, x, grid, y, callback, step)
 
 
 @torch.no_grad()
@@ -144,51 +174,32 @@ def dpm_solver_2(model: Model, x, grid, y=None, callback=None):
     """DPM-Solver-2 (Lu et al. 2022, Alg. 1 with r1 = 1/2; monograph Alg. 5, Eq. 9.4.11): a
     DPM-Solver-1 step to the midpoint in lambda, then the full step with the slope there.
     Two evaluations per step, global order 2."""
-    grid = _start(model, x, grid, callback)
-    sch = model.schedule
-    for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        a, s, lam = _coef(sch, t)
-        a_n, s_n, lam_n = _coef(sch, t_next)
-        if s_n == 0:
-            x, x0 = _denoise(model, x, t, t_next, y)
-        else:
-            h = lam_n - lam
-            t_mid = _t_at(sch, lam + h / 2)
-            a_m, s_m, _ = _coef(sch, t_mid)
-            x0, eps = model.x0_eps(x, t, y)
-            u = (a_m / a) * x - s_m * math.expm1(h / 2) * eps          # DPM-Solver-1 to the midpoint
-            _, eps_mid = model.x0_eps(u, t_mid, y)
-            x = (a_n / a) * x - s_n * math.expm1(h) * eps_mid
-        _emit(callback, i, t_next, x, x0)
-    return x
+    def dpm_solver_1_step(x, a, s, a_to, s_to, h, x0, eps):          # noise form: eps held constant
+        return (a_to / a) * x - s_to * math.expm1(h) * eps
+
+    return _run(model, x, grid, y, callback, _midpoint_step(model, y, dpm_solver_1_step))
 
 
 @torch.no_grad()
 def dpm_solver_3(model: Model, x, grid, y=None, callback=None):
     """DPM-Solver-3 (Lu et al. 2022, Alg. 2 with r1 = 1/3, r2 = 2/3; §9.4, Eq. 9.4.9): three
     stages in lambda, phi_1(h) = expm1(h)/h - 1 terms; three evaluations per step, order 3."""
-    grid = _start(model, x, grid, callback)
     sch, r1, r2 = model.schedule, 1 / 3, 2 / 3
-    for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        a, s, lam = _coef(sch, t)
-        a_n, s_n, lam_n = _coef(sch, t_next)
-        if s_n == 0:
-            x, x0 = _denoise(model, x, t, t_next, y)
-        else:
-            h = lam_n - lam
-            t1, t2 = _t_at(sch, lam + r1 * h), _t_at(sch, lam + r2 * h)
-            (a1, s1, _), (a2, s2, _) = _coef(sch, t1), _coef(sch, t2)
-            x0, eps = model.x0_eps(x, t, y)
-            u1 = (a1 / a) * x - s1 * math.expm1(r1 * h) * eps
-            D1 = model.x0_eps(u1, t1, y)[1] - eps
-            u2 = ((a2 / a) * x - s2 * math.expm1(r2 * h) * eps
-                  - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1)
-            D2 = model.x0_eps(u2, t2, y)[1] - eps
-            x = (a_n / a) * x - s_n * math.expm1(h) * eps - (s_n / r2) * (math.expm1(h) / h - 1) * D2
-        _emit(callback, i, t_next, x, x0)
-    return x
+
+    def step(x, t, now, nxt):
+        (a, _, lam), (a_n, s_n, lam_n) = now, nxt
+        h = lam_n - lam
+        t1, t2 = _t_at(sch, lam + r1 * h), _t_at(sch, lam + r2 * h)
+        (a1, s1, _), (a2, s2, _) = _coef(sch, t1), _coef(sch, t2)
+        x0, eps = model.x0_eps(x, t, y)
+        u1 = (a1 / a) * x - s1 * math.expm1(r1 * h) * eps
+        D1 = model.x0_eps(u1, t1, y)[1] - eps
+        u2 = ((a2 / a) * x - s2 * math.expm1(r2 * h) * eps
+              - s2 * (r2 / r1) * (math.expm1(r2 * h) / (r2 * h) - 1) * D1)
+        D2 = model.x0_eps(u2, t2, y)[1] - eps
+        return (a_n / a) * x - s_n * math.expm1(h) * eps - (s_n / r2) * (math.expm1(h) / h - 1) * D2, x0
+
+    return _run(model, x, grid, y, callback, step)
 
 
 # --- §9.5 DPM-Solver++: the data-prediction form ----------------------------------------------
@@ -198,24 +209,10 @@ def dpm_solver_pp_2s(model: Model, x, grid, y=None, callback=None):
     """DPM-Solver++(2S) (Lu et al. 2022b, Alg. 1 with r = 1/2; §9.5): single-step, data form,
     x' = (sigma'/sigma) x - alpha' expm1(-h) x0_hat(u, midpoint), u the DDIM step to the
     midpoint in lambda. Two evaluations per step, order 2."""
-    grid = _start(model, x, grid, callback)
-    sch = model.schedule
-    for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        a, s, lam = _coef(sch, t)
-        a_n, s_n, lam_n = _coef(sch, t_next)
-        if s_n == 0:
-            x, x0 = _denoise(model, x, t, t_next, y)
-        else:
-            h = lam_n - lam
-            t_mid = _t_at(sch, lam + h / 2)
-            a_m, s_m, _ = _coef(sch, t_mid)
-            x0, _ = model.x0_eps(x, t, y)
-            u = (s_m / s) * x - a_m * math.expm1(-h / 2) * x0
-            x0_mid, _ = model.x0_eps(u, t_mid, y)
-            x = (s_n / s) * x - a_n * math.expm1(-h) * x0_mid
-        _emit(callback, i, t_next, x, x0)
-    return x
+    def ddim_step(x, a, s, a_to, s_to, h, x0, eps):                   # data form: x0 held constant
+        return (s_to / s) * x - a_to * math.expm1(-h) * x0
+
+    return _run(model, x, grid, y, callback, _midpoint_step(model, y, ddim_step))
 
 
 @torch.no_grad()
@@ -228,27 +225,22 @@ def dpm_solver_pp_2m(model: Model, x, grid, y=None, exact_phi: bool = False, cal
     the first step DDIM. ``exact_phi=True`` replaces the factor h/2 of the Newton slope by the
     exact integral of the linear interpolant, (h - 1 + e^{-h}) / (1 - e^{-h}): the Newton form of
     DEIS order 2 (Table 9.2; :func:`deis`)."""
-    grid = _start(model, x, grid, callback)
-    sch = model.schedule
-    x0_prev, h_prev = None, None
-    for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        a, s, lam = _coef(sch, t)
-        a_n, s_n, lam_n = _coef(sch, t_next)
-        if s_n == 0:
-            x, x0 = _denoise(model, x, t, t_next, y)
-        else:
-            h = lam_n - lam
-            x0, _ = model.x0_eps(x, t, y)
-            D = x0
-            if x0_prev is not None:
-                slope = (x0 - x0_prev) / h_prev                          # Newton divided difference
-                c = (h + math.expm1(-h)) / -math.expm1(-h) if exact_phi else h / 2
-                D = x0 + c * slope                                       # = (1 + 1/(2r)) x0_i - x0_{i-1}/(2r)
-            x = (s_n / s) * x - a_n * math.expm1(-h) * D
-            x0_prev, h_prev = x0, h
-        _emit(callback, i, t_next, x, x0)
-    return x
+    x0_prev, h_prev = None, None                                        # the previous step's x0_hat and h
+
+    def step(x, t, now, nxt):
+        nonlocal x0_prev, h_prev
+        (_, s, lam), (a_n, s_n, lam_n) = now, nxt
+        h = lam_n - lam
+        x0, _ = model.x0_eps(x, t, y)
+        D = x0
+        if x0_prev is not None:
+            slope = (x0 - x0_prev) / h_prev                                 # Newton divided difference
+            c = (h + math.expm1(-h)) / -math.expm1(-h) if exact_phi else h / 2
+            D = x0 + c * slope                                              # = (1 + 1/(2r)) x0_i - x0_{i-1}/(2r)
+        x0_prev, h_prev = x0, h
+        return (s_n / s) * x - a_n * math.expm1(-h) * D, x0
+
+    return _run(model, x, grid, y, callback, step)
 
 
 # --- §9.3 DEIS: exponential Adams-Bashforth, Lagrange form -------------------------------------
@@ -287,22 +279,17 @@ def deis(model: Model, x, grid, order: int = 3, y=None, callback=None):
     check_int("order", order)
     if order > 4:
         raise ValueError(f"order={order!r} is not valid; expected 1, 2, 3 or 4")
-    grid = _start(model, x, grid, callback)
-    sch = model.schedule
-    lams, x0s = [], []
-    for i in range(len(grid) - 1):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        a, s, lam = _coef(sch, t)
-        a_n, s_n, lam_n = _coef(sch, t_next)
-        if s_n == 0:
-            x, x0 = _denoise(model, x, t, t_next, y)
-        else:
-            x0, _ = model.x0_eps(x, t, y)
-            lams, x0s = ([lam] + lams)[:order], ([x0] + x0s)[:order]
-            w = deis_weights(lams, lam_n)
-            x = (s_n / s) * x + a_n * sum(wj * xj for wj, xj in zip(w, x0s))
-        _emit(callback, i, t_next, x, x0)
-    return x
+    lams, x0s = [], []                                                  # the anchors, newest first
+
+    def step(x, t, now, nxt):
+        nonlocal lams, x0s
+        (_, s, lam), (a_n, s_n, lam_n) = now, nxt
+        x0, _ = model.x0_eps(x, t, y)
+        lams, x0s = ([lam] + lams)[:order], ([x0] + x0s)[:order]
+        w = deis_weights(lams, lam_n)
+        return (s_n / s) * x + a_n * sum(wj * xj for wj, xj in zip(w, x0s)), x0
+
+    return _run(model, x, grid, y, callback, step)
 
 
 # --- App. D.6: EDM's Heun sampler on the noise level sigma~ = sigma / alpha ----------------------
