@@ -34,7 +34,7 @@ from abc import ABC, abstractmethod
 import torch
 from torch import nn
 
-from ._checks import append_dims, as_time, check_batch, check_int, check_positive
+from ._checks import append_dims, as_time, check_batch, check_int, check_positive, tracing
 from .nets import FourierFeatures, ResidualTrunk
 from .samplers import Recorder, _emit, check_grid, rk4_step
 from .schedules import Schedule
@@ -96,9 +96,16 @@ class ExactFlowMap(FlowMap):
         t = as_time(t, like=x, batch=x.shape[0], t_end=end).to(torch.float64)
         grid = self.times(s, t)
         field = lambda z, u: (self.model.velocity(z, u.to(z.dtype), y), None)
-        for i in range(self.n_steps):
+        for i in range(self.n_steps - 1):
             x, _ = rk4_step(field, x, grid[i], grid[i + 1])
-        return x
+        # The last step ends where a learned model's slope may be undefined (sigma = 0 under VP:
+        # sigma' is infinite there); the oracle's is not. RK4 where the result is finite, else the
+        # midpoint rule, which never evaluates the end point (as samplers.sample_rk4 does).
+        x_rk4, _ = rk4_step(field, x, grid[-2], grid[-1])
+        if not tracing() and torch.isfinite(x_rk4).all():
+            return x_rk4
+        x_mid, _ = rk4_step(field, x, grid[-2], grid[-1], last=True)
+        return torch.where(torch.isfinite(x_rk4), x_rk4, x_mid)
 
     def __repr__(self):
         return f"ExactFlowMap({self.model!r}, n_steps={self.n_steps})"
