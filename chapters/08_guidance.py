@@ -674,8 +674,8 @@ config.record(**{f"nb08_dpo_sw_ratio_beta{beta:g}": float(dpo[beta]["ratio"]) fo
 
 # %% [markdown]
 # Diffusion-DPO moves the model the right way (the reward rises from the reference's), but **past** $\pi^*$: its
-# reward overshoots the exact $\mathbb E_{\pi^*}[r]$ at the same $\beta$, and its distance to $\pi^*$ (SW ratio above)
-# is no better than the reference's. The loss is a bound twice removed from DPO's: the ELBO stands in for the
+# reward overshoots the exact $\mathbb E_{\pi^*}[r]$ at the same $\beta$, and its distance to $\pi^*$ (SW ratio above,
+# beside the reference's) stays far above the floor. The loss is a bound twice removed from DPO's: the ELBO stands in for the
 # log-likelihood ratio (and the sampler's distribution is not the one whose ELBO is scored), then Jensen takes the
 # time integral out of the sigmoid. Nothing in it pins the fine-tuned model to $\pi^*$, so where it lands depends
 # on $\beta$ *and* on how long one fine-tunes; in practice $\beta$ and the step count are tuned together. (Averaging
@@ -752,8 +752,8 @@ for z in (0.1, 0.3):
         print(f"zeta={z}, {n_steps} steps: SW/floor {metrics.compare_to_floor(x, lambda m, g: post_tight.sample(m, g), repeats=4).ratio:.2f}, "
               f"top-component mass {top_mass:.3f} (exact {float(post_tight.weights.max()):.3f})")
 # The stiff term (step ~ zeta / sigma_y^2) needs small steps: at zeta = 0.1 most of the error is discretisation
-# and shrinks with more steps; at zeta = 0.3 the over-weighting of the top component stays: that part is the
-# point-mass approximation, which no step count removes.
+# and shrinks with more steps; at zeta = 0.3 the over-weighting of the top component shrinks but stays: that
+# part is the point-mass approximation, which more steps do not remove.
 
 # %% [markdown]
 # ## Summary
