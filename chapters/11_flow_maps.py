@@ -43,10 +43,10 @@ profile, device, gen = config.setup(seed=0, threads=1)   # 2D nets: one thread i
 S = config.pick({
     "test": dict(hidden=64, depth=2, batch=256, lr=2e-3, cm_steps=800, cm_grid=16, mf_steps=1000,
                  ablation_steps=500, ctm_steps=600, ctm_teacher_steps=2, n_eval=4000, exact_steps=128,
-                 thm_points=20000),
+                 thm_points=20000, scm_hidden=48, scm_steps=300, scm_lr=5e-3),
     "cpu": dict(hidden=128, depth=2, batch=256, lr=2e-3, cm_steps=2500, cm_grid=24, mf_steps=3000,
                 ablation_steps=1500, ctm_steps=2000, ctm_teacher_steps=4, n_eval=8000, exact_steps=128,
-                thm_points=50000),
+                thm_points=50000, scm_hidden=64, scm_steps=900, scm_lr=5e-3),
 })
 S
 
@@ -316,9 +316,118 @@ print("median |CD finite difference / ds - tangent| / |tangent|:", {d: f"{r:.1e}
 assert tangent_gap[1e-4] < 0.05 and tangent_gap[1e-4] < tangent_gap[1e-2] / 20     # first order in ds
 
 # %% [markdown]
-# sCM (Lu & Song 2025) trains on this tangent with the TrigFlow schedule
-# $x_s=\cos s\,x_0+\sin s\,z$ and three stabilisers (tangent normalisation, a warm-up of the $\partial_s$
-# term, adaptive weighting; Eqs. 11.3.7-11.3.11, Alg. 10). This companion does not train sCM yet.
+# ### sCM: TrigFlow, the tangent loss and its stabilisers (§11.3.3, Alg. 10)
+#
+# sCM (Lu & Song 2025) trains on this tangent with the **TrigFlow** path (Eq. 11.3.7)
+# $x_\theta=\cos\theta\,x_0+\sin\theta\,z$, $z\sim\mathcal N(0,\sigma_d^2I)$, $\theta\in[0,\pi/2]$.
+# In this book's clock it is `flowmaps.TrigFlow`: $t=2\theta/\pi\in[0,1]$, $\alpha_t=\cos\tfrac{\pi t}2$,
+# $\sigma_t=\sigma_d\sin\tfrac{\pi t}2$; for data of std $\sigma_d$, $x/\sigma_d$ is a VP path with
+# $\alpha=\cos$, $\sigma=\sin$ of the rescaled time, and the oracle gives its exact velocity like any
+# schedule's. The parameterisation (Eq. 11.3.8)
+#
+# $$f_\theta(x,\theta)=\cos\theta\,x-\sin\theta\,\sigma_d\,F_\theta(x/\sigma_d,\theta)$$
+#
+# has $f(x,0)=x$ built in. Along the PF-ODE its tangent splits as
+# $\tfrac{\mathrm d f}{\mathrm d\theta}=\cos\theta\,(\tfrac{\mathrm dx}{\mathrm d\theta}-\sigma_dF)-\sin\theta\,(x+\sigma_d\tfrac{\mathrm dF}{\mathrm d\theta})$,
+# with $\tfrac{\mathrm dF}{\mathrm d\theta}$ one JVP of the net. The gradient of $\mathbb E[f_\theta\cdot\mathrm{sg}\,\tfrac{\mathrm df}{\mathrm d\theta}]$
+# is that of the regression $\|F_\theta-\mathrm{sg}(F_\theta+g)\|^2$ with
+# $g=\cos\theta\,[\cos\theta(\tfrac{\mathrm dx}{\mathrm d\theta}-\sigma_dF)-r\sin\theta(x+\sigma_d\tfrac{\mathrm dF}{\mathrm d\theta})]$.
+# The stabilisers (Eq. 11.3.11): **tangent normalisation** $g\leftarrow g/(\|g\|+c)$; **warm-up**, $r$
+# ramped from 0 to 1 on the cross term that carries the net's own JVP; **adaptive weighting**, a learned
+# $w(\theta)$ in $\tfrac{e^{w}}D\|\cdot\|^2-w$. We distil (continuous-time CD) with the exact oracle's
+# velocity as teacher, so $\tfrac{\mathrm dx}{\mathrm d\theta}$ is exact and free. Written out, then
+# checked against `flowmaps.SCMLoss`:
+
+# %%
+trig = flowmaps.TrigFlow(sigma_data)
+oracle_trig = mix.denoiser(trig)
+
+def scm_loss_inline(model, x0, teacher, g, r, c=0.1):
+    sd = sigma_data
+    t = torch.atan(torch.exp(-1.0 + 1.4 * torch.randn(x0.shape[0], generator=g)) / sd) * 2 / math.pi
+    th = (math.pi / 2 * t)[:, None]
+    x = torch.cos(th) * x0 + torch.sin(th) * sd * torch.randn(x0.shape, generator=g)
+    with torch.no_grad():
+        dx_dth = teacher.velocity(x, t) * 2 / math.pi
+        F_minus, dF_dt = torch.func.jvp(lambda x_, t_: model.net(x_ / sd, t_), (x, t), (dx_dth * math.pi / 2, torch.ones_like(t)))
+        gt = torch.cos(th) * (torch.cos(th) * (dx_dth - sd * F_minus) - r * torch.sin(th) * (x + sd * dF_dt * 2 / math.pi))
+        gt = gt / (gt.norm(dim=1, keepdim=True) + c)                            # tangent normalisation
+    w = model.weight(t)[:, 0]                                                   # adaptive weighting
+    sq = ((model.net(x / sd, t) - (F_minus + gt)) ** 2).sum(1) / 2
+    return (torch.exp(w) * sq - w).mean()
+
+def make_scm():
+    weight = torch.nn.Sequential(nets.FourierFeatures(16, scale=1.0, seed=3), torch.nn.Linear(16, 1))
+    net = nets.MLP(hidden=S["scm_hidden"], depth=2, time_embedding="fourier", fourier_scale=1.0)
+    return flowmaps.SCM(net, trig, weight)
+
+scm_chk = make_scm()
+torch.testing.assert_close(scm_chk(x_chk, torch.zeros(64)), x_chk)                # f(x, 0) = x for any net
+ref = flowmaps.SCMLoss(oracle_trig, warmup_steps=4)
+ref.calls = 2                                                                   # r = 2 / 4 on this call
+torch.testing.assert_close(scm_loss_inline(scm_chk, x0_chk, oracle_trig, torch.Generator().manual_seed(3), r=0.5),
+                           ref(scm_chk, x0_chk, generator=torch.Generator().manual_seed(3)))
+print("inline sCM loss (normalised, r = 0.5, adaptive) == utils.flowmaps.SCMLoss; f(x, 0) = x")
+
+# %% [markdown]
+# Four variants with the same budget, net and seed: the full recipe, and each stabiliser removed. We
+# train at a deliberately large learning rate (`S["scm_lr"]`) without gradient clipping, so that an
+# instability has room to show; the warm-up ramps $r$ over the first half of training. We record the
+# one-step SW distance to the noise floor ($x_0=f(\sigma_d\varepsilon,\theta=\pi/2)$) and the largest
+# mean tangent norm $\|g\|$ met during training (before normalisation): a blow-up shows there first.
+
+# %%
+scm_variants = {"full recipe": dict(),
+                "no normalisation": dict(normalise=False),
+                "no warm-up": dict(warmup=False),
+                "no adaptive w": dict(adaptive=False)}
+scm_table = {}
+z_trig = (z * sigma_data).float()                                              # the TrigFlow prior N(0, sigma_d^2 I)
+for name, opt in scm_variants.items():
+    torch.manual_seed(0)
+    loss = flowmaps.SCMLoss(oracle_trig, normalise=opt.get("normalise", True), adaptive=opt.get("adaptive", True),
+                            warmup_steps=S["scm_steps"] // 2 if opt.get("warmup", True) else 0)
+    try:
+        m, hist = training.train(make_scm(), loss, draw_data, S["scm_steps"], batch_size=S["batch"], lr=S["scm_lr"],
+                                 ema_decay=0.99, grad_clip=None, seed=0, desc=f"sCM ({name})")
+        with torch.no_grad():
+            r1 = ratio(m(z_trig, 1.0))
+        diverged = not math.isfinite(r1)
+    except FloatingPointError:
+        r1, diverged = float("nan"), True
+    scm_table[name] = dict(ratio=r1, max_tangent=max(loss.tangent_norms), last_tangent=loss.tangent_norms[-1],
+                           diverged=diverged)
+    if name == "full recipe":
+        scm_full = m
+for name, row in scm_table.items():
+    print(f"{name:17s} one-step SW / floor = {row['ratio']:.2f}   tangent norm: max {row['max_tangent']:.2f}, "
+          f"last {row['last_tangent']:.2f}   diverged: {row['diverged']}")
+assert not scm_table["full recipe"]["diverged"] and scm_table["full recipe"]["ratio"] < 5.0
+config.record(nb11_scm_1step_ratio=scm_table["full recipe"]["ratio"],
+              nb11_scm_no_norm_max_tangent=scm_table["no normalisation"]["max_tangent"])
+
+# %% [markdown]
+# What each stabiliser does here. The full recipe's one-step samples are asserted within 5x the
+# noise floor: a margin set from three runs (two seeds, two initialisations) whose ratios differed by
+# almost 2x, so it checks that training worked, not a tight bound. (CD in §11.2 reached a lower ratio
+# with a discrete-time loss and more steps; the budgets differ.) What the stabilisers are for:
+# **normalisation** caps each sample's push at about one unit whatever the size of the raw tangent;
+# **warm-up** keeps the net's own, initially meaningless, JVP out of the target while $F$ is still
+# random; **adaptive weighting** equalises the loss scale across $	heta$. On this 2D toy none of them
+# is needed: no variant diverged, the largest tangent norm stayed $O(1)$ in every run, and the
+# differences between the rows are of the size a change of seed makes (in our runs the ordering of
+# the rows changed from seed to seed), so we assert nothing about the variants. With an exact
+# teacher and data scaled by $\sigma_d$ the tangent is well scaled by construction; the instabilities
+# the stabilisers were designed for (large nets, long runs, low precision) do not appear here. Exercise 4
+# pushes the learning rate and the width until one of them matters.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(8, 4))
+plotting.plot_samples(x_exact[:2000], ax=axes[0], lim=3.5, title="exact $\\Psi_{1\\to0}(z)$")
+with torch.no_grad():
+    plotting.plot_samples(scm_full(z_trig[:2000], 1.0), ax=axes[1], lim=3.5,
+                          title=f"sCM, one step: SW/floor {scm_table['full recipe']['ratio']:.2f}")
+fig.tight_layout()
 
 # %% [markdown]
 # ## 11.4 Consistency trajectory models: the whole map
@@ -644,6 +753,9 @@ assert all(r["semigroup"] < 0.2 * scale for r in res.values())
 #    $t\in\{0.2,0.4,0.6,0.8\}$. Which is best, and why can't the best be at $t\to0$ or $t\to1$?
 # 3. **γ-sampling with the exact map.** Run `sample_gamma` with the *exact* map at $\gamma=0$ and
 #    $\gamma=1$, 4 steps. Explain why both are exact samplers and what this says about Prop. 11.4.2.
+# 4. **Push sCM.** Rerun the sCM variants with `S["scm_lr"] = 1e-2`, then with a wider net. Plot
+#    `loss.tangent_norms` for the runs with and without normalisation. Which stabiliser first makes a
+#    visible difference, and over how many seeds does it hold?
 
 # %% tags=["solution"]
 # Exercise 1. Paper: u(z_t, r, t) = our h(x, s=t, t=r); z_0 = z_1 - (1 - 0) u(z_1, 0, 1).
@@ -690,6 +802,8 @@ for gam in (0.0, 1.0):
 #   in the limit of a short teacher step (§11.5.3), and its residual is the Eulerian one of §11.6.
 # * The best one- and two-step models come within the factors of the 100-step teacher asserted above.
 #
-# **Not covered here:** training continuous-time consistency models, sCM with TrigFlow and its
-# stabilisers (§11.3.3, Alg. 10); only the tangent they train on is checked above.
+# * sCM (§11.3.3) trains on the tangent of the consistency map along the PF-ODE (one JVP) on the
+#   TrigFlow path (a VP path of the data scaled by $\sigma_d$). On 2D with an exact teacher it trains
+#   stably with or without its stabilisers; their effects are within seed noise here.
+#
 # The monograph's Epilogue (Ch. 12) steps back to the principle these methods share.

@@ -216,3 +216,69 @@ def test_sample_consistency_one_step_and_checks(setup):
     with pytest.raises(ValueError):
         fm.LearnedFlowMap("not a net", path)
     assert math.isfinite(float(fm.LearnedFlowMap(fm.CTM(fm.TwoTimeMLP(hidden=8, depth=1), path), path)(z, 1.0, 0.0).sum()))
+
+
+def _scm(sigma_data, adaptive=True):
+    torch.manual_seed(0)
+    weight = torch.nn.Sequential(nets.FourierFeatures(16, scale=1.0, seed=3), torch.nn.Linear(16, 1)) if adaptive else None
+    net = nets.MLP(hidden=32, depth=2, time_embedding="fourier", fourier_scale=1.0)
+    return fm.SCM(net, fm.TrigFlow(sigma_data), weight).double()
+
+
+def test_trigflow_schedule():
+    tf = fm.TrigFlow(1.5)
+    t = torch.linspace(0.01, 0.99, 9, dtype=torch.float64)
+    a, s, da, ds = tf.coefficients(t)
+    torch.testing.assert_close(a ** 2 + (s / 1.5) ** 2, torch.ones_like(t))        # VP after scaling by sigma_d
+    h = 1e-6
+    torch.testing.assert_close(da, (tf.alpha(t + h) - tf.alpha(t - h)) / (2 * h), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(ds, (tf.sigma(t + h) - tf.sigma(t - h)) / (2 * h), atol=1e-7, rtol=1e-6)
+    torch.testing.assert_close(tf.t_from_log_snr(tf.log_snr(t)), t)
+    assert tf.prior_std() == pytest.approx(1.5)
+    with pytest.raises(ValueError):
+        fm.TrigFlow(0.0)
+
+
+def test_scm_boundary_and_jvp_tangent_against_finite_differences(setup):
+    mix = setup[0]
+    sd = float(mix.covariance().diagonal().mean().sqrt())
+    model = _scm(sd)
+    x = torch.randn(64, 2, dtype=torch.float64)
+    torch.testing.assert_close(model(x, torch.zeros(64, dtype=torch.float64)), x)  # f(x, 0) = x for any net
+    oracle = mix.denoiser(model.schedule)
+    t = 0.1 + 0.8 * torch.rand(64, dtype=torch.float64)
+    v = oracle.velocity(x, t)
+    # the tangent of F and of f along dx/dt = v against central differences along the same line
+    _, dF = fm.scm_tangent(model, x, t, v)
+    _, df = torch.func.jvp(model, (x, t), (v, torch.ones_like(t)))
+    h = 1e-5
+    with torch.no_grad():
+        fdF = (model.F(x + h * v, t + h) - model.F(x - h * v, t - h)) / (2 * h)
+        fdf = (model(x + h * v, t + h) - model(x - h * v, t - h)) / (2 * h)
+    torch.testing.assert_close(dF, fdF, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(df, fdf, atol=1e-6, rtol=1e-5)
+    # df/dt = (pi/2) [cos (dx/dtheta - sd F) - sin (x + sd dF/dtheta)]: the split SCMLoss uses (r = 1)
+    th = math.pi / 2 * t[:, None]
+    F = model.F(x, t).detach()
+    split = math.pi / 2 * (torch.cos(th) * (v * 2 / math.pi - sd * F) - torch.sin(th) * (x + sd * dF * 2 / math.pi))
+    torch.testing.assert_close(df, split)
+
+
+def test_scm_loss_runs_backprops_and_checks(setup):
+    mix = setup[0]
+    sd = float(mix.covariance().diagonal().mean().sqrt())
+    x0 = mix.sample(128, torch.Generator().manual_seed(0))[0]
+    for kw in (dict(), dict(normalise=False, warmup_steps=10, adaptive=False)):
+        model = _scm(sd, adaptive=kw.get("adaptive", True))
+        loss_fn = fm.SCMLoss(mix.denoiser(model.schedule), **kw)
+        loss = loss_fn(model, x0, generator=torch.Generator().manual_seed(1))
+        loss.backward()
+        assert torch.isfinite(loss) and all(p.grad is not None for p in model.net.parameters())
+        assert loss_fn.calls == 1 and len(loss_fn.tangent_norms) == 1
+    assert fm.SCMLoss(mix.denoiser(model.schedule), warmup_steps=10).ramp() == 0.0
+    with pytest.raises(ValueError):
+        fm.SCMLoss(mix.denoiser(schedules.LinearPath()))
+    with pytest.raises(ValueError):
+        fm.SCM(model.net, schedules.LinearPath())
+    with pytest.raises(ValueError):
+        fm.SCMLoss(mix.denoiser(model.schedule))(_scm(sd, adaptive=False), x0)

@@ -492,3 +492,145 @@ class MeanFlowLoss:
 
     def __repr__(self):
         return f"MeanFlowLoss(equal_share={self.equal_share}, teacher={self.teacher!r})"
+
+
+# ---------------------------------------------------------------------------------------------
+# §11.3.3 continuous-time consistency models: sCM on TrigFlow (Lu & Song 2025)
+# ---------------------------------------------------------------------------------------------
+
+class TrigFlow(Schedule):
+    """TrigFlow (§11.3.3, Eq. 11.3.7) on the book's clock: x_t = cos(theta) x0 + sin(theta) z,
+    z ~ N(0, sigma_d^2 I), theta = (pi / 2) t in [0, pi / 2] for t in [0, 1].
+
+    alpha_t = cos(pi t / 2), sigma_t = sigma_d sin(pi t / 2): for data of std sigma_d, x / sigma_d is
+    a variance-preserving path (alpha^2 + (sigma / sigma_d)^2 = 1) with alpha = cos, sigma = sin of
+    the rescaled time theta. alpha_1 = 0, so the schedule ends at t = 1 (prior N(0, sigma_d^2 I));
+    sampling an eps-model starts at ``t_max`` = 0.999 (a velocity / x0 model is finite at 1)."""
+
+    name = "trigflow"
+    t_min = 1e-3
+    t_max = 0.999
+    t_end = 1.0
+
+    def __init__(self, sigma_data: float = 0.5):
+        check_positive("sigma_data", sigma_data)
+        self.sigma_data = float(sigma_data)
+
+    def _params(self):
+        return dict(sigma_data=self.sigma_data)
+
+    def _alpha(self, t):
+        return torch.cos(math.pi / 2 * t)
+
+    def _sigma(self, t):
+        return self.sigma_data * torch.sin(math.pi / 2 * t)
+
+    def _d_alpha(self, t):
+        return -math.pi / 2 * torch.sin(math.pi / 2 * t)
+
+    def _d_sigma(self, t):
+        return self.sigma_data * math.pi / 2 * torch.cos(math.pi / 2 * t)
+
+    def _t_from_log_snr(self, lam):
+        # lambda = -log(sigma_d tan theta)  =>  theta = atan(exp(-lambda) / sigma_d)
+        return torch.atan(torch.exp(-lam.to(torch.float64)) / self.sigma_data) * 2 / math.pi
+
+
+class SCM(nn.Module):
+    """sCM's parameterisation (§11.3.3, Eq. 11.3.8) on :class:`TrigFlow`, in the book's clock t:
+    f(x, t) = cos(theta) x - sin(theta) sigma_d F(x / sigma_d, t), theta = pi t / 2, so f(x, 0) = x
+    for any net. ``net(x, t)`` (e.g. a :class:`utils.nets.MLP`) is F; ``weight(t)`` (optional,
+    (B,) -> (B, 1), e.g. Fourier features and a linear layer) is the learned log-weight w(t) of the adaptive weighting (Eq. 11.3.11).
+    x: (B, D); t: float or (B,)."""
+
+    def __init__(self, net: nn.Module, schedule: TrigFlow, weight: nn.Module | None = None):
+        super().__init__()
+        if not isinstance(schedule, TrigFlow):
+            raise ValueError(f"schedule has type {type(schedule).__name__}; expected utils.flowmaps.TrigFlow")
+        self.net, self.schedule, self.weight = net, schedule, weight
+
+    def F(self, x: torch.Tensor, t) -> torch.Tensor:
+        return self.net(x / self.schedule.sigma_data, _times(t, x))
+
+    def forward(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = _times(t, x)
+        theta = math.pi / 2 * t
+        return _col(torch.cos(theta), x) * x - _col(torch.sin(theta) * self.schedule.sigma_data, x) * self.F(x, t)
+
+
+def scm_tangent(model: SCM, x: torch.Tensor, t: torch.Tensor, dx_dt: torch.Tensor):
+    """(F(x, t), dF/dt along the path dx/dt = dx_dt): one forward-mode JVP (§11.3.1, Eq. 11.3.1),
+    torch.func.jvp(F, (x, t), (dx_dt, 1)). x, dx_dt: (B, D); t: (B,). Book clock t (theta = pi t / 2)."""
+    return torch.func.jvp(model.F, (x, t), (dx_dt, torch.ones_like(t)))
+
+
+class SCMLoss:
+    """Continuous-time consistency distillation, sCM's form (§11.3.3, Eqs. 11.3.7-11.3.11, Alg. 10).
+
+    With theta = pi t / 2, x = cos(theta) x0 + sin(theta) sigma_d eps and the teacher's
+    dx/dtheta = (2 / pi) teacher.velocity(x, t), the tangent of f along the PF-ODE splits as
+
+        g = cos(theta) [ cos(theta) (dx/dtheta - sigma_d F) - r sin(theta) (x + sigma_d dF/dtheta) ],
+
+    (df/dtheta = the bracket with r = 1, times the weight cos(theta)), and the loss is
+    || F_theta - sg(F_theta + g) ||^2 / D, whose gradient is that of E[f . sg(df/dtheta)].
+    Stabilisers: ``normalise`` replaces g by g / (||g|| + c) (tangent normalisation);
+    ``warmup_steps`` ramps r linearly from 0 to 1 over that many calls (0: r = 1 throughout);
+    ``adaptive`` uses the model's ``weight`` w(t): loss e^{w} / D ||.||^2 - w (Eq. 11.3.11; the
+    optimal w is -log of the per-time mean square, so every time contributes alike). Times: log(sigma_d tan theta) ~
+    N(p_mean, p_std^2). ``loss(model, x0, y, generator)`` fits :func:`utils.training.train`; the
+    mean ||g|| of each call (before normalisation) is appended to ``tangent_norms``."""
+
+    def __init__(self, teacher: Model, normalise: bool = True, c: float = 0.1, warmup_steps: int = 0,
+                 adaptive: bool = True, p_mean: float = -1.0, p_std: float = 1.4):
+        if not isinstance(teacher, Model):
+            raise ValueError(f"teacher has type {type(teacher).__name__}; expected a utils.targets.Model")
+        if not isinstance(teacher.schedule, TrigFlow):
+            raise ValueError(f"teacher.schedule is {teacher.schedule!r}; expected a utils.flowmaps.TrigFlow")
+        check_positive("c", c)
+        check_positive("p_std", p_std)
+        if not (isinstance(warmup_steps, int) and warmup_steps >= 0):
+            raise ValueError(f"warmup_steps={warmup_steps!r} is not valid; expected an int >= 0")
+        self.teacher, self.normalise, self.c = teacher, bool(normalise), float(c)
+        self.warmup_steps, self.adaptive = warmup_steps, bool(adaptive)
+        self.p_mean, self.p_std = float(p_mean), float(p_std)
+        self.sigma_data = teacher.schedule.sigma_data
+        self.calls, self.tangent_norms = 0, []
+
+    def times(self, n: int, generator=None, dtype=torch.float32, device=None) -> torch.Tensor:
+        """(n,) book-clock times t = (2 / pi) atan(exp(p_mean + p_std n) / sigma_d)."""
+        e = torch.randn(n, generator=generator, dtype=dtype, device=device)
+        return torch.atan(torch.exp(self.p_mean + self.p_std * e) / self.sigma_data) * 2 / math.pi
+
+    def ramp(self) -> float:
+        """The warm-up factor r of the current call, min(1, calls / warmup_steps)."""
+        return 1.0 if self.warmup_steps == 0 else min(1.0, self.calls / self.warmup_steps)
+
+    def __call__(self, model: SCM, x0: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+        B, D = x0.shape[0], x0[0].numel()
+        sd = self.sigma_data
+        t = self.times(B, generator, x0.dtype, x0.device)
+        theta = math.pi / 2 * t
+        cos, sin = _col(torch.cos(theta), x0), _col(torch.sin(theta), x0)
+        x = cos * x0 + sin * sd * torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        with torch.no_grad():
+            dx_dtheta = self.teacher.velocity(x, t) * (2 / math.pi)
+            F_minus, dF_dt = scm_tangent(model, x, t, dx_dtheta * (math.pi / 2))   # the net's clock is t
+            dF_dtheta = dF_dt * (2 / math.pi)
+            g = cos * (cos * (dx_dtheta - sd * F_minus) - self.ramp() * sin * (x + sd * dF_dtheta))
+            norm = g.flatten(1).norm(dim=1)
+            self.tangent_norms.append(norm.mean().item())
+            if self.normalise:
+                g = g / _col(norm + self.c, x0)
+        self.calls += 1
+        sq = ((model.F(x, t) - (F_minus + g)) ** 2).flatten(1).sum(1) / D
+        if self.adaptive:
+            if model.weight is None:
+                raise ValueError("adaptive=True needs an SCM with a weight module; got weight=None")
+            w = model.weight(t).reshape(B)
+            return (torch.exp(w) * sq - w).mean()
+        return sq.mean()
+
+    def __repr__(self):
+        return (f"SCMLoss(normalise={self.normalise}, warmup_steps={self.warmup_steps}, "
+                f"adaptive={self.adaptive})")
