@@ -17,6 +17,7 @@
 # * compute the exact flow map and check its semigroup property $\Psi_{u\to t}\circ\Psi_{s\to u}=\Psi_{s\to t}$;
 # * write the consistency parameterisation and the CD / CT losses, measure Thm 11.2.1
 #   ($\mathcal L_{\rm CD}=\mathcal L_{\rm CT}+O(\Delta s^2)$), and sample in several steps (Alg. 9);
+# * train sCM on the TrigFlow path through its JVP tangent, with and without its three stabilisers;
 # * write CTM's $G(x,s,t)=\tfrac ts x+(1-\tfrac ts)g$ and its $\gamma$-sampling (Alg. 11);
 # * derive and check the MeanFlow identity, train it through a Jacobian-vector product, and see why
 #   the share of pairs with $s=t$ matters;

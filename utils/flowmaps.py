@@ -19,6 +19,9 @@ Learned from scratch (Ch. 11; time runs data t = 0 -> noise t = 1 as everywhere 
   :class:`ConsistencyModel`, :class:`ConsistencyLoss` (CD with a teacher's :func:`ddim_step`,
   Eq. 11.2.4; CT without, Eq. 11.2.6) on :func:`consistency_grid`, and multistep
   :func:`sample_consistency` (Alg. 9).
+* §11.3.3 sCM: :class:`TrigFlow` (the TrigFlow path as a :class:`Schedule` on the book's clock),
+  :class:`SCM` (f = cos x - sin sigma_d F, Eq. 11.3.8), :func:`scm_tangent` (the JVP of Eq. 11.3.1)
+  and :class:`SCMLoss` (continuous-time CD with tangent normalisation, warm-up, adaptive weighting).
 * §11.4 CTM: :class:`CTM`, G = (t/s) x + (1 - t/s) g (Eq. 11.4.2), :class:`CTMLoss` (soft
   consistency with a teacher + denoising loss), :func:`sample_gamma` (Alg. 11).
 * §11.5 MeanFlow: :class:`MeanFlow`, Psi = x + (t - s) h, :func:`meanflow_tangent` (the JVP of
