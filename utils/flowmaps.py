@@ -40,7 +40,7 @@ from torch import nn
 from ._checks import append_dims, as_time, check_batch, check_int, check_positive, tracing
 from .nets import FourierFeatures, ResidualTrunk
 from .samplers import Recorder, _emit, check_grid, rk4_step
-from .schedules import Schedule
+from .schedules import EndsAtOne, Schedule
 from .targets import Model
 
 
@@ -501,7 +501,7 @@ class MeanFlowLoss:
 # §11.3.3 continuous-time consistency models: sCM on TrigFlow (Lu & Song 2025)
 # ---------------------------------------------------------------------------------------------
 
-class TrigFlow(Schedule):
+class TrigFlow(EndsAtOne):
     """TrigFlow (§11.3.3, Eq. 11.3.7) on the book's clock: x_t = cos(theta) x0 + sin(theta) z,
     z ~ N(0, sigma_d^2 I), theta = (pi / 2) t in [0, pi / 2] for t in [0, 1].
 
@@ -511,9 +511,6 @@ class TrigFlow(Schedule):
     sampling an eps-model starts at ``t_max`` = 0.999 (a velocity / x0 model is finite at 1)."""
 
     name = "trigflow"
-    t_min = 1e-3
-    t_max = 0.999
-    t_end = 1.0
 
     def __init__(self, sigma_data: float = 0.5):
         check_positive("sigma_data", sigma_data)

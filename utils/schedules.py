@@ -205,7 +205,16 @@ class VPLinear(Schedule):
         return (-self.beta_min + torch.sqrt(self.beta_min ** 2 - 2 * db * log_a2)) / db
 
 
-class VPCosine(Schedule):
+class EndsAtOne(Schedule):
+    """A schedule with alpha_1 = 0 (VP cosine, the linear path, TrigFlow): it ends at t = 1
+    (``t_end``), and samplers start at ``t_start`` = ``t_max`` = 0.999 where the log-SNR is finite."""
+
+    t_min = 1e-3
+    t_max = 0.999
+    t_end = 1.0
+
+
+class VPCosine(EndsAtOne):
     """Variance-preserving cosine schedule of Nichol & Dhariwal (2021) (Ch. 4):
     alpha_t = cos(pi/2 (t + s)/(1 + s)) / cos(pi/2 s/(1 + s)), sigma_t = sqrt(1 - alpha_t^2).
 
@@ -216,9 +225,6 @@ class VPCosine(Schedule):
     """
 
     name = "vp_cosine"
-    t_min = 1e-3
-    t_max = 0.999
-    t_end = 1.0
 
     def __init__(self, s: float = 0.008):
         check_positive("s", s)
@@ -297,7 +303,7 @@ class VE(_NoiseOnly):
         return (-lam.to(torch.float64) - math.log(self.sigma_min)) / self._log_ratio
 
 
-class LinearPath(Schedule):
+class LinearPath(EndsAtOne):
     """The linear ("rectified flow", conditional-OT) path alpha_t = 1 - t, sigma_t = t (Sec. 5.3).
 
     Flow-matching papers run this path the other way (t = 1 data); this book does not.
@@ -307,9 +313,6 @@ class LinearPath(Schedule):
     """
 
     name = "linear"
-    t_min = 1e-3
-    t_max = 0.999
-    t_end = 1.0
 
     def _alpha(self, t):
         return 1 - t
