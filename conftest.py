@@ -14,6 +14,7 @@ os.environ["DIFFUSION_PROFILE"] = "test"
 # One thread per process: the tests run the notebooks two at a time (pytest-xdist, one notebook per
 # worker, see pytest.ini), and the small 2D models gain nothing from a second thread, while two
 # processes with two threads each on two cores run many times slower (spinning OpenMP threads).
+# The unit tests share it (torch.set_num_threads(1) below), so no test module sets threads itself.
 os.environ["OMP_NUM_THREADS"] = "1"
 os.environ["MPLBACKEND"] = "Agg"
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))

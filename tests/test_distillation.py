@@ -11,15 +11,6 @@ from utils import distillation as D
 MIX = data.toy_gmm("8gaussians")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2D batches of a few hundred points: one thread is fastest (no spinning on a loaded machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _points(n=256, seed=0, t=0.6, schedule=None):
     schedule = schedule or schedules.VPLinear()
     return MIX.sample(n, torch.Generator().manual_seed(seed), t=t, schedule=schedule)[0]

@@ -9,15 +9,6 @@ from utils import data, nets, samplers, schedules
 from utils import flowmaps as fm
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """2D tensors run fastest on one thread (and do not thrash on a shared machine)."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)

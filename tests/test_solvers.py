@@ -22,15 +22,6 @@ def _start(n=64, seed=0):
 X1 = _start()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Batches of 64 points in 2D run faster on one thread (and do not fight a shared CPU)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def reference():
     """RK4 on 100 log-SNR steps, checked against 200 (agree to ~2e-7)."""
