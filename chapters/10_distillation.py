@@ -360,18 +360,21 @@ config.record(**{f"nb10_pd{n}_sw_ratio": pd_results[n]["ratio"] for n in pd_resu
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
 ns = sorted(pd_results)
-axes[0].plot(ns, [pd_results[n]["ratio"] for n in ns], "o-", label="PD student")
-axes[0].plot(ns, [ddim_few[n]["ratio"] for n in ns], "s--", label="teacher, plain DDIM")
-axes[0].axhline(teacher64["ratio"], color="k", ls=":", label="teacher, 64 steps")
-axes[0].set(xscale="log", xlabel="sampling steps", ylabel="SW / noise floor", title="quality per PD round")
-axes[0].set_xticks(ns, [str(n) for n in ns])
-axes[0].legend()
-axes[1].plot(ns, [pd_results[n]["err_exact"] for n in ns], "o-", label="PD vs exact map")
-axes[1].plot(ns, [pd_results[n]["err_teacher"] for n in ns], "^-", label="PD vs teacher-64 map")
-axes[1].axhline(teacher64["err_exact"], color="k", ls=":", label="teacher-64 vs exact")
-axes[1].set(xscale="log", xlabel="sampling steps", ylabel="mean |G(z) - ref(z)|", title="map error per round")
-axes[1].set_xticks(ns, [str(n) for n in ns])
-axes[1].legend()
+panels = [  # (curves: (values per n, style, label)), reference line, y label, title
+    ([([pd_results[n]["ratio"] for n in ns], "o-", "PD student"),
+      ([ddim_few[n]["ratio"] for n in ns], "s--", "teacher, plain DDIM")],
+     (teacher64["ratio"], "teacher, 64 steps"), "SW / noise floor", "quality per PD round"),
+    ([([pd_results[n]["err_exact"] for n in ns], "o-", "PD vs exact map"),
+      ([pd_results[n]["err_teacher"] for n in ns], "^-", "PD vs teacher-64 map")],
+     (teacher64["err_exact"], "teacher-64 vs exact"), "mean |G(z) - ref(z)|", "map error per round"),
+]
+for ax, (curves, (ref, ref_label), ylabel, title) in zip(axes, panels):
+    for values, style, label in curves:
+        ax.plot(ns, values, style, label=label)
+    ax.axhline(ref, color="k", ls=":", label=ref_label)
+    ax.set(xscale="log", xlabel="sampling steps", ylabel=ylabel, title=title)
+    ax.set_xticks(ns, [str(n) for n in ns])
+    ax.legend()
 fig.tight_layout()
 
 # %% [markdown]

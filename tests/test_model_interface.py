@@ -190,12 +190,18 @@ def _mlp_model(target="velocity"):
     return Denoiser(net, target, schedules.VPLinear())
 
 
+def _model_and_points(which, target, n, seed):
+    """The oracle or a small MLP Denoiser, n points and n times in [0.1, 0.9], and the generator."""
+    model = MIX.denoiser(schedules.VPLinear()) if which == "oracle" else _mlp_model(target)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 2, dtype=torch.float64, generator=g)
+    t = torch.rand(n, dtype=torch.float64, generator=g) * 0.8 + 0.1
+    return model, x, t, g
+
+
 @pytest.mark.parametrize("which", ["oracle", "mlp"])
 def test_jvp_through_a_model_matches_finite_differences(which):
-    model = MIX.denoiser(schedules.VPLinear()) if which == "oracle" else _mlp_model("eps")
-    g = torch.Generator().manual_seed(3)
-    x = torch.randn(16, 2, dtype=torch.float64, generator=g)
-    t = torch.rand(16, dtype=torch.float64, generator=g) * 0.8 + 0.1
+    model, x, t, g = _model_and_points(which, "eps", 16, 3)
     dx = torch.randn(16, 2, dtype=torch.float64, generator=g)
     dt = torch.randn(16, dtype=torch.float64, generator=g)
     f = lambda x, t: model.velocity(x, t)
@@ -208,10 +214,7 @@ def test_jvp_through_a_model_matches_finite_differences(which):
 
 @pytest.mark.parametrize("which", ["oracle", "mlp"])
 def test_vmap_through_a_model_matches_a_loop(which):
-    model = MIX.denoiser(schedules.VPLinear()) if which == "oracle" else _mlp_model("x0")
-    g = torch.Generator().manual_seed(4)
-    x = torch.randn(12, 2, dtype=torch.float64, generator=g)
-    t = torch.rand(12, dtype=torch.float64, generator=g) * 0.9 + 0.05
+    model, x, t, _ = _model_and_points(which, "x0", 12, 4)
     one = lambda xi, ti: model.score(xi[None], ti[None])[0]
     batched = vmap(one)(x, t)
     loop = torch.stack([one(x[i], t[i]) for i in range(12)])
