@@ -2,7 +2,9 @@
 
 Every notebook kernel inherits this process's environment, so the profile is pinned here:
 the test suite always runs the ``test`` profile (what CI runs on 2 CPU cores), whatever the
-reader's shell says. The repository root goes on PYTHONPATH so kernels can import ``utils``.
+reader's shell says, and asks ``utils.widgets`` for static figures (nobody moves a slider under
+nbval; a reader in JupyterLab gets live sliders in every profile). The repository root goes on
+PYTHONPATH so kernels can import ``utils``.
 Each process (pytest's workers and every kernel) uses one thread.
 """
 import os
@@ -11,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 os.environ["DIFFUSION_PROFILE"] = "test"
+os.environ["DIFFUSION_STATIC_WIDGETS"] = "1"  # utils.widgets.STATIC_ENV: a figure, not sliders
 # One thread per process: the tests run the notebooks two at a time (pytest-xdist, one notebook per
 # worker, see pytest.ini), and the small 2D models gain nothing from a second thread, while two
 # processes with two threads each on two cores run many times slower (spinning OpenMP threads).

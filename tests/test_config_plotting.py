@@ -121,7 +121,7 @@ def test_explore_static_returns_a_figure():
     assert isinstance(fig, matplotlib.figure.Figure)
     assert fig.axes[0].get_title() == "b 0.3"
     plt.close(fig)
-    # under the test profile (no front end) explore draws the static figure by default
+    # outside a kernel (plain python, pytest) explore draws the static figure by default
     fig = widgets.explore(draw, {"t": (0.0, 1.0, 0.1, 0.3)})
     assert isinstance(fig, matplotlib.figure.Figure)
     plt.close(fig)
@@ -138,6 +138,57 @@ def test_explore_interactive_builds_widgets():
     w = widgets.explore(lambda t=0.5: plt.figure(), {"t": (0.0, 1.0, 0.1, 0.5)}, static=False)
     assert hasattr(w, "children")
     plt.close("all")
+
+
+class _FakeKernelShell:
+    kernel = object()  # what IPython's kernel shell has and a terminal IPython lacks
+
+
+@pytest.mark.parametrize("profile", ["test", "cpu", "gpu"])
+def test_live_sliders_in_a_kernel_in_every_profile(monkeypatch, profile):
+    """A reader's kernel gets sliders whatever the profile; DIFFUSION_STATIC_WIDGETS=1 (set by the
+    root conftest.py for nbval) gives the static figure; static= overrides both. The slider version
+    draws its first frame when built (the draw function runs once at the defaults)."""
+    pytest.importorskip("ipywidgets")
+    import IPython
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: _FakeKernelShell())
+    monkeypatch.setenv(config.ENV_VAR, profile)
+    calls = []
+
+    def draw(t=0.5, name="a"):
+        calls.append((t, name))
+        fig, ax = plt.subplots()
+        ax.set_title(f"{name} {t}")
+        return fig
+
+    sliders = {"t": (0.0, 1.0, 0.1, 0.3), "name": ["b", "c"]}
+    monkeypatch.setenv(widgets.STATIC_ENV, "0")
+    w = widgets.explore(draw, sliders)
+    assert not isinstance(w, matplotlib.figure.Figure) and hasattr(w, "children")
+    assert calls == [(0.3, "b")]  # the first frame, at the defaults
+    w.children[0].value = 0.7  # moving the slider redraws
+    assert calls[-1] == (0.7, "b")
+    monkeypatch.delenv(widgets.STATIC_ENV)
+    assert hasattr(widgets.explore(draw, sliders), "children")  # unset: sliders too
+    monkeypatch.setenv(widgets.STATIC_ENV, "1")
+    fig = widgets.explore(draw, sliders)
+    assert isinstance(fig, matplotlib.figure.Figure) and fig.axes[0].get_title() == "b 0.3"
+    assert hasattr(widgets.explore(draw, sliders, static=False), "children")  # the argument wins
+    monkeypatch.setenv(widgets.STATIC_ENV, "0")
+    assert isinstance(widgets.explore(draw, sliders, static=True), matplotlib.figure.Figure)
+    monkeypatch.setenv(widgets.STATIC_ENV, "maybe")
+    with pytest.raises(ValueError, match="DIFFUSION_STATIC_WIDGETS='maybe'"):
+        widgets.explore(draw, sliders)
+    plt.close("all")
+
+
+def test_static_widgets_requested_by_the_test_suite():
+    """The root conftest.py asks for static figures, so nbval's kernels (which inherit the
+    environment) draw one figure per widget."""
+    import os
+
+    assert os.environ.get(widgets.STATIC_ENV) == "1" and widgets.static_requested()
 
 
 def test_velocity_field_explorer_static():

@@ -1,20 +1,41 @@
 """ipywidgets explorers that also render a static figure when no front end is attached.
 
-Under nbval (and in the ``test`` profile) there is a kernel but nobody to move a slider, so
-:func:`explore` draws the figure at the sliders' default values instead; a reader in JupyterLab
-gets the sliders. Pass ``static=True/False`` to force either.
+A reader in JupyterLab (any profile, ``test`` included) gets live sliders. The test suite (nbval)
+and a rendered book have a kernel but nobody to move a slider: they set
+``DIFFUSION_STATIC_WIDGETS=1`` (the root conftest.py does), and :func:`explore` then returns the
+figure drawn at the sliders' default values. Outside a Jupyter kernel (a plain ``python`` run of a
+chapter) the figure is static too. Pass ``static=True/False`` to force either. Either way the
+first frame is drawn when the cell runs.
 """
 from __future__ import annotations
+
+import os
 
 import matplotlib.pyplot as plt
 import torch
 
-from . import config
 from .plotting import plot_samples, plot_vector_field
 
 
+STATIC_ENV = "DIFFUSION_STATIC_WIDGETS"
+
+
+def static_requested() -> bool:
+    """True when ``$DIFFUSION_STATIC_WIDGETS`` asks for static figures (``1``/``true``/``yes``).
+
+    Unset, empty or ``0``/``false``/``no`` means no; any other value is a ValueError."""
+    value = os.environ.get(STATIC_ENV, "").strip().lower()
+    if value in ("", "0", "false", "no"):
+        return False
+    if value in ("1", "true", "yes"):
+        return True
+    raise ValueError(f"{STATIC_ENV}={value!r} is not valid; expected 1/true/yes or 0/false/no")
+
+
 def _interactive_session() -> bool:
-    if config.get_profile() == "test":
+    """Live sliders: a Jupyter kernel is running this code and no static figure was asked for.
+    The profile plays no part (a reader in the ``test`` profile gets sliders too)."""
+    if static_requested():
         return False
     try:
         from IPython import get_ipython
