@@ -256,14 +256,19 @@ assert 1.0 < hvae_cmp.ratio < 3.0
 # $$\text{monograph: } x_i = \sqrt{1-\beta_i^2}\,x_{i-1} + \beta_i\,\varepsilon_i, \qquad
 #   \text{Ho et al.: } x_i = \sqrt{1-\beta_i}\,x_{i-1} + \sqrt{\beta_i}\,\varepsilon_i .$$
 #
-# So $\beta_i^\text{Ho} = (\beta_i^\text{monograph})^2$. **This notebook and `utils.ddpm` use Ho et al.'s
-# $\beta_i$** (the variance), because the published numbers ($\beta_1=10^{-4}$ to $\beta_N=0.02$, $N=1000$)
-# are in that convention. With $\alpha_i = 1-\beta_i$ and $\bar\alpha_i=\prod_{j\le i}\alpha_j$ ($\bar\alpha_0=1$)
-# the chain has the closed-form marginal
+# So $\beta_i^\text{Ho} = (\beta_i^\text{monograph})^2$. **The $\bar\alpha$'s differ too.** The monograph (§2.2) sets
+# $\alpha_i=\sqrt{1-\beta_i^2}$ and $\bar\alpha_i=\prod_{k\le i}\sqrt{1-\beta_k^2}$, the factor that multiplies $x_0$:
 #
-# $$q(x_i\mid x_0) = \mathcal N\big(\sqrt{\bar\alpha_i}\,x_0,\ (1-\bar\alpha_i) I\big).$$
+# $$\text{monograph: } p(x_i\mid x_0)=\mathcal N\big(\bar\alpha_i\,x_0,\ (1-\bar\alpha_i^2) I\big), \qquad
+#   \text{Ho et al.: } q(x_i\mid x_0)=\mathcal N\big(\sqrt{\bar\alpha_i}\,x_0,\ (1-\bar\alpha_i) I\big),$$
 #
-# Ho et al.'s linear schedule for $N$ steps, written out, against the reference:
+# with Ho's $\alpha_i = 1-\beta_i$ and $\bar\alpha_i=\prod_{j\le i}\alpha_j$ ($\bar\alpha_0=1$). So
+# $\bar\alpha_i^\text{monograph}=\sqrt{\bar\alpha_i^\text{Ho}}$: the monograph's $\bar\alpha_i$ is the continuous $\alpha_{t_i}$
+# of `utils.schedules`, Ho's is $\alpha_{t_i}^2$. **This notebook and `utils.ddpm` use Ho et al.'s
+# $\beta_i$ and $\bar\alpha_i$** (variances), because the published numbers ($\beta_1=10^{-4}$ to $\beta_N=0.02$,
+# $N=1000$) are in that convention; read every $\sqrt{\bar\alpha_i}$ below as the monograph's $\bar\alpha_i$.
+#
+# Ho et al.'s linear schedule for $N$ steps, written out, against the reference, then both notations side by side:
 
 # %%
 N = S["N"]
@@ -274,9 +279,20 @@ alpha_bar = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1 - bet
 chain = ddpm.DDPMChain.linear(N, beta_min, beta_max)
 torch.testing.assert_close(chain.beta[1:], betas)
 torch.testing.assert_close(chain.alpha_bar, alpha_bar)
-# the monograph's convention: b_i = sqrt(beta_i) is the per-step standard deviation
+# the monograph's convention: b_i = sqrt(beta_i) is the per-step standard deviation, and its
+# alpha-bar is the product of sqrt(1 - b_k^2): the square root of Ho's
 b_monograph = ddpm.to_monograph_betas(betas)
-torch.testing.assert_close(torch.cumprod(1 - b_monograph ** 2, 0), alpha_bar[1:])
+alpha_bar_monograph = torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(torch.sqrt(1 - b_monograph ** 2), 0)])
+torch.testing.assert_close(alpha_bar_monograph, ddpm.monograph_alpha_bar(b_monograph))
+torch.testing.assert_close(alpha_bar_monograph ** 2, alpha_bar)          # abar_mono^2 = abar_Ho
+# the same marginal in both notations: mean abar_mono x0 = sqrt(abar_Ho) x0, variance 1 - abar_mono^2 = 1 - abar_Ho
+x0_probe = torch.tensor([[1.0, -2.0]], dtype=torch.float64)
+mean_ho, var_ho = chain.marginal(x0_probe, N // 2)
+torch.testing.assert_close(mean_ho, alpha_bar_monograph[N // 2] * x0_probe)
+torch.testing.assert_close(var_ho.squeeze(), 1 - alpha_bar_monograph[N // 2] ** 2)
+torch.testing.assert_close(alpha_bar_monograph, schedules.VPLinear(beta_min, beta_max).alpha(chain.t), atol=0.02, rtol=0)
+for k in (1, N // 2, N):
+    print(f"i={k:4d}: Ho abar = {float(alpha_bar[k]):.4e}   monograph abar = {float(alpha_bar_monograph[k]):.4e} = sqrt(Ho's)")
 ho_1000 = ddpm.DDPMChain.linear(1000)
 print(chain, f"  alpha_bar_N = {float(chain.alpha_bar[-1]):.2e}")
 print(f"N = 1000 gives DDPM's published range: beta_1 = {float(ho_1000.beta[1]):.1e}, beta_N = {float(ho_1000.beta[-1]):.3f}")
@@ -384,6 +400,9 @@ widgets.explore(draw_forward, {"t": (0.0, 1.0, 0.01, 0.1)})
 # $$q(x_{i-1}\mid x_i,x_0)=\mathcal N(\tilde\mu_i,\tilde\beta_i I),\quad
 # \tilde\mu_i=\frac{\sqrt{\bar\alpha_{i-1}}\beta_i}{1-\bar\alpha_i}x_0+\frac{\sqrt{\alpha_i}(1-\bar\alpha_{i-1})}{1-\bar\alpha_i}x_i,\quad
 # \tilde\beta_i=\frac{1-\bar\alpha_{i-1}}{1-\bar\alpha_i}\beta_i .$$
+#
+# (In the monograph's notation $\tilde\beta_i=\frac{1-\bar\alpha_{i-1}^2}{1-\bar\alpha_i^2}\beta_i^2$.) Note the first step:
+# $\bar\alpha_0=1$, so $\tilde\beta_1=0$ and $\tilde\mu_1=x_0$ — given $x_0$, there is nothing left to sample.
 
 # %%
 def posterior(x_i, x0, i, chain=chain):
@@ -397,6 +416,11 @@ mean_ref, var_ref = chain.posterior(x_k, x0[:500], k)
 mean_inline, var_inline = posterior(x_k, x0[:500], k)
 torch.testing.assert_close(mean_inline, mean_ref)
 torch.testing.assert_close(var_inline, var_ref)
+# the first step: beta~_1 = 0 and the posterior mean is x0 itself
+mean_1, var_1 = chain.posterior(x_k, x0[:500], 1)
+print(f"beta~_1 = {float(var_1)},  beta_1 = {float(chain.beta[1]):.1e},  beta~_2 = {float(chain.posterior(x_k, x0[:500], 2)[1]):.2e}")
+assert float(var_1) == 0.0
+torch.testing.assert_close(mean_1, x0[:500])
 
 # %% [markdown]
 # Two independent checks of the formula. **Bayes on Gaussians**: with $m_1=\sqrt{\bar\alpha_{i-1}}x_0$,
@@ -430,7 +454,7 @@ assert abs(resid_var / float(var_ref) - 1) < 5 * math.sqrt(2 / len(x_next))
 # %% [markdown]
 # ## 4. The ELBO term by term
 #
-# With a reverse model $p_\theta(x_{i-1}\mid x_i)=\mathcal N(\mu_\theta(x_i,i),\tilde\beta_i I)$ and
+# With a reverse model $p_\theta(x_{i-1}\mid x_i)=\mathcal N(\mu_\theta(x_i,i),\tilde\beta_i I)$ for $i\ge 2$ and
 # $p(x_N)=\mathcal N(0,I)$, the negative ELBO of the chain splits into (Ho et al. eq. 5)
 #
 # $$-\mathcal L(x_0)=\underbrace{D_\mathrm{KL}(q(x_N\mid x_0)\,\|\,p(x_N))}_{L_N\text{: prior, no parameters}}
@@ -443,6 +467,12 @@ assert abs(resid_var / float(var_ref) - 1) < 5 * math.sqrt(2 / len(x_next))
 # (the form of $\tilde\mu_i$ with $x_0$ replaced by its $\varepsilon$-expression) turns it into a noise regression:
 #
 # $$L_{i-1}=w_i\,\mathbb E\|\varepsilon-\hat\varepsilon_\theta(x_i,i)\|^2,\qquad w_i=\frac{\beta_i^2}{2\tilde\beta_i\,\alpha_i(1-\bar\alpha_i)} .$$
+#
+# **Not every step uses $\tilde\beta_i$.** The last reverse step, $x_1\to x_0$, cannot: $\tilde\beta_1=0$ (shown above), and a
+# decoder $p_\theta(x_0\mid x_1)$ of zero variance has no density to evaluate at the data. $L_0$ therefore uses the
+# forward variance, $p_\theta(x_0\mid x_1)=\mathcal N(\mu_\theta(x_1,1),\beta_1 I)$ (as `ddpm.elbo_terms` does; Ho et al.
+# use a discretised decoder for images), and the ancestral sampler below adds no noise at $i=1$, the
+# $\tilde\beta_1=0$ step; the weight $w_1$ of the formula above is infinite and is never used.
 #
 # With the *exact* noise predictor (the oracle's $\mathbb E[\varepsilon\mid x_i]$) the sum of terms is still
 # an upper bound on $-\log p_\text{data}$; we check that, term by term (`ddpm.elbo_terms`), and the weight $w_i$.
@@ -563,7 +593,8 @@ print(f"i={k}: x0 error {float(x0_err.mean()):.4f} = (1-abar)/abar = {float((1 -
 # ## 7. Ancestral sampling (Ho et al. Alg. 2)
 #
 # Start at $x_N\sim\mathcal N(0,I)$ and draw each $x_{i-1}$ from the model's reverse step — the posterior
-# $q(x_{i-1}\mid x_i,x_0)$ with $x_0$ replaced by its prediction:
+# $q(x_{i-1}\mid x_i,x_0)$ with $x_0$ replaced by its prediction (at $i=1$ that posterior has $\tilde\beta_1=0$, so the
+# last step is the mean alone; Ho et al.'s Alg. 2 writes it the same way):
 #
 # $$x_{i-1}=\frac{1}{\sqrt{\alpha_i}}\Big(x_i-\frac{\beta_i}{\sqrt{1-\bar\alpha_i}}\hat\varepsilon_\theta(x_i,i)\Big)+\sqrt{\tilde\beta_i}\,z,\qquad z\sim\mathcal N(0,I)\ (z=0\text{ at } i=1).$$
 
@@ -692,8 +723,10 @@ print(f"E[-ELBO]: trained {float(terms_model.sum(1).mean()):.3f}, exact eps {flo
 # - A VAE maximizes the ELBO $\mathbb E_q\log p_\theta(x\mid z)-D_\mathrm{KL}(q\,\|\,p)$ with reparameterized gradients; a
 #   Gaussian decoder's learned variance equals its reconstruction error, and sampling adds that much isotropic noise — blur.
 # - A DDPM is a deep Markovian hierarchical VAE whose encoder is fixed: $q(x_i\mid x_{i-1})$ with Ho's $\beta_i$
-#   (variance) = the monograph's $\beta_i^2$. Its marginal $q(x_i\mid x_0)$ and posterior $q(x_{i-1}\mid x_i,x_0)$ are Gaussian
-#   in closed form (checked against simulation and against Bayes).
+#   (variance) = the monograph's $\beta_i^2$, and Ho's $\bar\alpha_i$ = the monograph's $\bar\alpha_i^2$ (the monograph's
+#   $\bar\alpha_i$ multiplies $x_0$ directly). Its marginal $q(x_i\mid x_0)$ and posterior $q(x_{i-1}\mid x_i,x_0)$ are Gaussian
+#   in closed form (checked against simulation and against Bayes). The posterior variance $\tilde\beta_i$ vanishes at
+#   $i=1$, so the decoder term $L_0$ uses $\beta_1$ and the sampler's last step adds no noise.
 # - The ELBO splits into a prior term, one Gaussian KL per step and a decoder term; each KL is a weighted
 #   $\varepsilon$-regression, and $\mathcal L_\text{simple}$ drops the weights. $x_0$-prediction is the same model, reweighted by $1/\text{SNR}$.
 # - Step $i$ is time $t_i=i/N$: Ho's schedule is `VPLinear` discretised, with $O(1/N)$ error, and the discrete

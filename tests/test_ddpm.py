@@ -24,6 +24,20 @@ def test_ho_linear_betas_and_conventions():
     torch.testing.assert_close(ddpm.DDPMChain(ddpm.to_ho_betas(b)).alpha_bar, chain.alpha_bar)
 
 
+def test_monograph_alpha_bar_is_the_square_root_of_ho():
+    chain = ddpm.DDPMChain.linear(200)
+    b = ddpm.to_monograph_betas(chain.beta[1:])
+    ab_mono = ddpm.monograph_alpha_bar(b)
+    torch.testing.assert_close(ab_mono, chain.alpha_bar.sqrt())
+    # the monograph's marginal N(ab x0, (1 - ab^2) I) is Ho's N(sqrt(ab_Ho) x0, (1 - ab_Ho) I)
+    x0 = torch.tensor([[0.3, -1.2]], dtype=torch.float64)
+    mean, var = chain.marginal(x0, 120)
+    torch.testing.assert_close(mean, ab_mono[120] * x0)
+    torch.testing.assert_close(var.squeeze(), 1 - ab_mono[120] ** 2)
+    with pytest.raises(ValueError):
+        ddpm.monograph_alpha_bar(torch.tensor([0.5, 1.2]))
+
+
 def test_alpha_bar_converges_to_vplinear_at_rate_one_over_n():
     vp = schedules.VPLinear()
     errs = []

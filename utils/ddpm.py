@@ -57,6 +57,19 @@ def to_monograph_betas(betas: torch.Tensor) -> torch.Tensor:
     return betas.sqrt()
 
 
+def monograph_alpha_bar(b: torch.Tensor) -> torch.Tensor:
+    """The monograph's alpha-bar (Ch. 2, §2.2): alpha_bar_i = prod_{k<=i} sqrt(1 - b_k^2) for its
+    per-step standard deviations b: (N,); returns (N + 1,) with alpha_bar_0 = 1.
+
+    p(x_i | x_0) = N(alpha_bar_i x_0, (1 - alpha_bar_i^2) I), so this alpha_bar is the square root of
+    Ho et al.'s (``DDPMChain.alpha_bar``, the product of 1 - beta_k with beta_k = b_k^2).
+    """
+    b = torch.as_tensor(b, dtype=torch.float64)
+    if b.ndim != 1 or (b <= 0).any() or (b >= 1).any():
+        raise ValueError(f"b has shape {tuple(b.shape)} and values outside (0, 1); expected (N,) stds in (0, 1)")
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(torch.sqrt(1 - b ** 2), 0)])
+
+
 class DDPMChain:
     """The forward chain of Ho et al. (2020) with N steps (Ch. 2, the DDPM section).
 
