@@ -173,7 +173,7 @@ print("inline Euler loop == utils.samplers.sample_euler")
 rec = samplers.Recorder()
 x_heun = samplers.sample_heun(model, x, grid, callback=rec)
 
-fig, axes = plt.subplots(1, 3, figsize=(12, 4))
+fig, axes = plotting.panels(3)  # three square panels, as wide as a JupyterLab cell shows unscaled
 plotting.plot_trajectories(rec.xs, ax=axes[0], n_paths=80, title="Heun trajectories, t: 1 -> 0")
 plotting.plot_samples(x_heun, ax=axes[1], title="model samples (Heun)")
 plotting.plot_samples(x_data, ax=axes[2], title="data")
@@ -242,8 +242,9 @@ plt.show()
 # ## The velocity-field explorer
 #
 # Move $t$ from 1 (noise) to 0 (data): the learned field (left) and the exact one (right), over the exact
-# density $p_t$. In JupyterLab this is a slider; when no one is there to move it (the test profile), it
-# draws one frame.
+# density $p_t$ (drawn light, so the arrows on its peaks stay visible). In JupyterLab this is a slider,
+# in every profile; when no one is there to move it (the test suite sets `DIFFUSION_STATIC_WIDGETS=1`,
+# and a plain `python` run has no front end), it draws one frame.
 
 # %%
 widgets.velocity_field_explorer(model, oracle, samples=x_data[:2000], t_default=0.3)

@@ -197,3 +197,38 @@ def test_velocity_field_explorer_static():
                                           samples=MIX.sample(50)[0])
     assert isinstance(fig, matplotlib.figure.Figure) and len(fig.axes) == 2
     plt.close(fig)
+
+
+def test_panels_wrap_instead_of_shrinking():
+    """plotting.panels: n axes, at most ncols per row, the figure no wider than MAX_FIG_WIDTH, so
+    JupyterLab shows it unscaled; unused grid cells are removed."""
+    fig, axes = plotting.panels(5, ncols=3)
+    try:
+        assert len(axes) == 5 and len(fig.axes) == 5
+        w, h = fig.get_size_inches()
+        assert w <= plotting.MAX_FIG_WIDTH and h == pytest.approx(2 * w / 3)  # two rows of square panels
+    finally:
+        plt.close(fig)
+    fig, ax = plotting.panels(1)
+    assert isinstance(ax, matplotlib.axes.Axes)
+    plt.close(fig)
+    fig, axes = plotting.panels(2, size=8.0, squeeze=False)
+    assert len(axes) == 2 and fig.get_size_inches()[0] == plotting.MAX_FIG_WIDTH
+    plt.close(fig)
+    for bad, match in [(dict(n=0), "n=0"), (dict(n=2, ncols=0), "ncols=0"), (dict(n=2, size=-1.0), "size=-1.0")]:
+        with pytest.raises(ValueError, match=match):
+            plotting.panels(**bad)
+
+
+def test_arrows_stay_visible_over_a_density():
+    """The density colormap for arrows stops at mid-grey (its darkest colour keeps luminance > 0.4,
+    where plain Greys reaches black), and plot_vector_field's arrows have white edges."""
+    darkest = plotting.DENSITY_UNDER_ARROWS(1.0)[:3]
+    assert min(darkest) > 0.4 and min(plt.get_cmap("Greys")(1.0)[:3]) < 0.05
+    fig, ax = plt.subplots()
+    try:
+        plotting.plot_vector_field(lambda p: -p, ax=ax, n=5)
+        quiver = ax.collections[-1]
+        assert tuple(quiver.get_edgecolor()[0][:3]) == (1.0, 1.0, 1.0)
+    finally:
+        plt.close(fig)

@@ -4,6 +4,15 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.colors import LinearSegmentedColormap
+
+# A density drawn under arrows: matplotlib's "Greys" stopped at 45% of its range, so the peaks are
+# mid-grey and dark arrows on them stay visible (plain "Greys" is black where the density peaks).
+DENSITY_UNDER_ARROWS = LinearSegmentedColormap.from_list(
+    "greys_light", plt.get_cmap("Greys")(np.linspace(0.0, 0.45, 64)))
+# Widest figure, in inches, that JupyterLab shows at full size in a typical cell (about 1000 px at
+# matplotlib's 100 dpi): a wider figure is scaled down and its labels shrink with it.
+MAX_FIG_WIDTH = 10.0
 
 
 def _ax(ax):
@@ -32,6 +41,30 @@ def _frame(ax, lim, title):
     return ax
 
 
+def panels(n: int, ncols: int | None = None, size: float = 3.3, squeeze: bool = True, **subplot_kw):
+    """A figure of ``n`` square panels, at most ``ncols`` (default 3) per row, each ``size`` inches,
+    no wider than MAX_FIG_WIDTH: the grid wraps into rows instead of shrinking its labels.
+    Returns ``(fig, axes)`` with ``axes`` a flat array of ``n`` axes (unused grid cells removed),
+    or the single axes when ``n == 1`` and ``squeeze``."""
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n={n!r} is not valid; expected a positive int")
+    ncols = min(n, 3) if ncols is None else ncols
+    if not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols={ncols!r} is not valid; expected a positive int")
+    if not size > 0:
+        raise ValueError(f"size={size!r} is not valid; expected a positive number of inches")
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    width = min(size * ncols, MAX_FIG_WIDTH)
+    height = width / ncols * nrows
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width, height), squeeze=False, **subplot_kw)
+    axes = axes.reshape(-1)
+    for ax in axes[n:]:
+        ax.remove()
+    axes = axes[:n]
+    return fig, (axes[0] if n == 1 and squeeze else axes)
+
+
 def plot_samples(x, ax=None, labels=None, lim=3.0, s=2, alpha=0.5, title=None, **scatter_kw):
     """Scatter of 2D samples x: (N, 2), coloured by ``labels`` if given."""
     ax = _ax(ax)
@@ -58,7 +91,9 @@ def plot_density(log_prob, ax=None, lim=3.0, n: int = 150, title=None, log=False
 
 def plot_vector_field(field, ax=None, lim=3.0, n: int = 21, kind="quiver", color="k", title=None,
                       normalize=False):
-    """Arrows (``kind="quiver"``) or streamlines (``"stream"``) of field: (M, 2) -> (M, 2)."""
+    """Arrows (``kind="quiver"``) or streamlines (``"stream"``) of field: (M, 2) -> (M, 2).
+
+    Arrows have a thin white edge so they stay visible over a dark density drawn underneath."""
     ax = _ax(ax)
     if kind not in ("quiver", "stream"):
         raise ValueError(f"kind={kind!r} is not valid; expected 'quiver' or 'stream'")
@@ -70,7 +105,7 @@ def plot_vector_field(field, ax=None, lim=3.0, n: int = 21, kind="quiver", color
         norm = np.sqrt(U ** 2 + V ** 2) + 1e-12
         U, V = U / norm, V / norm
     if kind == "quiver":
-        ax.quiver(_np(X), _np(Y), U, V, color=color, angles="xy")
+        ax.quiver(_np(X), _np(Y), U, V, color=color, angles="xy", width=0.005, edgecolor="white", linewidth=0.3)
     else:
         ax.streamplot(_np(X), _np(Y), U, V, color=color, density=1.0, linewidth=0.7)
     return _frame(ax, lim, title)

@@ -14,7 +14,7 @@ import os
 import matplotlib.pyplot as plt
 import torch
 
-from .plotting import plot_samples, plot_vector_field
+from .plotting import DENSITY_UNDER_ARROWS, panels, plot_density, plot_samples, plot_vector_field
 
 
 STATIC_ENV = "DIFFUSION_STATIC_WIDGETS"
@@ -100,12 +100,10 @@ def velocity_field_explorer(model, oracle=None, lim: float = 3.0, n_arrows: int 
     denoisers = [("model", model)] + ([("exact (oracle)", oracle)] if oracle is not None else [])
 
     def draw(t=t_default):
-        fig, axes = plt.subplots(1, len(denoisers), figsize=(4.2 * len(denoisers), 4.2), squeeze=False)
-        for ax, (name, d) in zip(axes[0], denoisers):
-            if oracle is not None:
-                from .plotting import plot_density
-
-                plot_density(lambda p: oracle.log_prob(p, t), ax=ax, lim=lim, cmap="Greys")
+        fig, axes = panels(len(denoisers), ncols=2, size=4.5, squeeze=False)
+        for ax, (name, d) in zip(axes, denoisers):
+            if oracle is not None:  # a light density, so the arrows on its peaks stay visible
+                plot_density(lambda p: oracle.log_prob(p, t), ax=ax, lim=lim, cmap=DENSITY_UNDER_ARROWS)
             if samples is not None:
                 plot_samples(samples, ax=ax, lim=lim, s=1, alpha=0.2)
             field = lambda p, d=d: d.velocity(p.to(torch.get_default_dtype()) if name == "model" else p, t)
