@@ -9,6 +9,7 @@ Nothing here touches the network unless the reader asks for a download (``downlo
 from __future__ import annotations
 
 import gzip
+import hashlib
 import math
 import os
 import struct
@@ -128,15 +129,43 @@ def load_digits(dtype: torch.dtype = torch.float32):
     return x, torch.tensor(d.target, dtype=torch.long)
 
 
-# --- IDX files (MNIST / Fashion-MNIST) ---------------------------------------------------------
+# --- IDX files (MNIST / Fashion-MNIST) and the image sets ---------------------------------------
 
+IMAGE_SETS = ("fashion-mnist", "mnist", "digits")
+IMAGE_SPLITS = ("train", "test")
 FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
+IDX_FILES = FASHION_MNIST_FILES  # MNIST uses the same four file names
 FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+IDX_URLS = {"fashion-mnist": FASHION_MNIST_URL,
+            "mnist": "https://storage.googleapis.com/cvdf-datasets/mnist/"}
+# Accepted SHA-256 digests of each file: of the gzip file as published and/or of the decompressed
+# IDX bytes (the data itself, the same in upstream's and Debian's re-compressed files).
+IDX_SHA256 = {
+    "fashion-mnist": {  # decompressed IDX bytes
+        "train-images-idx3-ubyte.gz": ("c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",),
+        "train-labels-idx1-ubyte.gz": ("bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",),
+        "t10k-images-idx3-ubyte.gz": ("5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",),
+        "t10k-labels-idx1-ubyte.gz": ("0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",),
+    },
+    "mnist": {  # (published .gz, decompressed IDX bytes)
+        "train-images-idx3-ubyte.gz": ("440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                                       "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db"),
+        "train-labels-idx1-ubyte.gz": ("3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                                       "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5"),
+        "t10k-images-idx3-ubyte.gz": ("8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                                      "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7"),
+        "t10k-labels-idx1-ubyte.gz": ("f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
+                                      "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2"),
+    },
+}
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-SEARCH_ROOTS = (DATA_DIR / "fashion-mnist", Path("/usr/share/datasets/fashion-mnist"))
+DEBIAN_DIR = Path("/usr/share/datasets")
+SEARCH_ROOTS = (DATA_DIR / "fashion-mnist", DEBIAN_DIR / "fashion-mnist")  # Fashion-MNIST's fallbacks
+DATA_ENV = "DIFFUSION_DATA"  # a folder holding fashion-mnist/ and mnist/ subfolders
+DIGITS_TRAIN = 1440  # sklearn digits: the first 1,440 images are "train", the other 357 "test"
 
 
 def read_idx(path) -> np.ndarray:
@@ -153,39 +182,132 @@ def read_idx(path) -> np.ndarray:
         return np.frombuffer(fh.read(), dtype=np.uint8).reshape(shape)
 
 
-def find_fashion_mnist(root=None) -> Path | None:
-    """The first folder holding the Fashion-MNIST IDX files: ``root``, ``$FASHION_MNIST_DIR``,
-    ``data/fashion-mnist/``, then Debian's ``/usr/share/datasets/fashion-mnist/``."""
+def sha256_digests(path) -> tuple[str, str]:
+    """(SHA-256 of the file's bytes, SHA-256 of its decompressed bytes) as hex; the two are equal
+    for a file that is not gzipped."""
+    raw = Path(path).read_bytes()
+    inner = gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw
+    return hashlib.sha256(raw).hexdigest(), hashlib.sha256(inner).hexdigest()
+
+
+def verify_idx_file(path, name: str) -> None:
+    """Raise ValueError, naming the file, unless one of its SHA-256 digests (file or decompressed)
+    is one that :data:`IDX_SHA256` accepts for data set ``name``."""
+    check_choice("name", name, tuple(IDX_SHA256))
+    path = Path(path)
+    accepted = IDX_SHA256[name].get(path.name)
+    if accepted is None:
+        raise ValueError(f"path={str(path)!r} is not one of the {name} files {tuple(IDX_SHA256[name])}")
+    digests = sha256_digests(path)
+    if not set(digests) & set(accepted):
+        raise ValueError(f"{str(path)!r} failed its SHA-256 check (file {digests[0]}, decompressed "
+                         f"{digests[1]}); expected one of {accepted}. Delete it and download again.")
+
+
+def _idx_roots(name: str, root=None) -> list[Path]:
+    """Where the IDX files of ``name`` are looked for, in order."""
     roots = [Path(root)] if root is not None else []
-    if os.environ.get("FASHION_MNIST_DIR"):
-        roots.append(Path(os.environ["FASHION_MNIST_DIR"]))
-    roots.extend(SEARCH_ROOTS)
-    for r in roots:
-        if all((r / f).exists() for f in FASHION_MNIST_FILES["train"]):
+    if os.environ.get(DATA_ENV):
+        roots.append(Path(os.environ[DATA_ENV]) / name)
+    if name == "fashion-mnist":
+        if os.environ.get("FASHION_MNIST_DIR"):
+            roots.append(Path(os.environ["FASHION_MNIST_DIR"]))
+        roots.extend(SEARCH_ROOTS)
+    else:
+        roots.extend((DATA_DIR / name, DEBIAN_DIR / name))
+    return roots
+
+
+def find_idx_folder(name: str, root=None) -> Path | None:
+    """The first folder holding the four IDX files of ``name`` ("fashion-mnist" or "mnist"):
+    ``root``, ``$DIFFUSION_DATA/<name>/`` (and ``$FASHION_MNIST_DIR``), ``data/<name>/``, then
+    Debian's ``/usr/share/datasets/<name>/``; None if none has them."""
+    check_choice("name", name, tuple(IDX_URLS))
+    for r in _idx_roots(name, root):
+        if all((r / f).exists() for files in IDX_FILES.values() for f in files):
             return r
     return None
 
 
-def load_fashion_mnist(split: str = "train", root=None, download: bool = False,
-                       dtype: torch.dtype = torch.float32):
-    """Fashion-MNIST 28x28 scaled to [-1, 1]: ``(x: (N, 1, 28, 28), y: (N,))``.
+def find_fashion_mnist(root=None) -> Path | None:
+    """:func:`find_idx_folder` for Fashion-MNIST."""
+    return find_idx_folder("fashion-mnist", root)
 
-    Looks in the places :func:`find_fashion_mnist` lists; with ``download=True`` (and only then)
-    fetches the four files into ``data/fashion-mnist/``.
+
+def download_idx(name: str, folder=None) -> Path:
+    """Fetch the four IDX files of ``name`` from :data:`IDX_URLS` into ``folder`` (default
+    ``data/<name>/``), each checked against :data:`IDX_SHA256` before it is kept (a file that
+    fails is deleted and a ValueError names it). Files already there are checked, not fetched.
+    The only network access in the package, and only when called."""
+    check_choice("name", name, tuple(IDX_URLS))
+    folder = Path(folder) if folder is not None else DATA_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    for files in IDX_FILES.values():
+        for f in files:
+            if not (folder / f).exists():
+                part = folder / (f + ".part")
+                urllib.request.urlretrieve(IDX_URLS[name] + f, part)
+                try:
+                    _verify_part(part, f, name)
+                except ValueError:
+                    part.unlink(missing_ok=True)
+                    raise
+                os.replace(part, folder / f)
+            verify_idx_file(folder / f, name)
+    return folder
+
+
+def _verify_part(part: Path, filename: str, name: str) -> None:
+    digests, accepted = sha256_digests(part), IDX_SHA256[name][filename]
+    if not set(digests) & set(accepted):
+        raise ValueError(f"the download of {filename!r} from {IDX_URLS[name] + filename} failed its "
+                         f"SHA-256 check (file {digests[0]}, decompressed {digests[1]}); expected one "
+                         f"of {accepted}; nothing was kept")
+
+
+def _digits_split(split: str, dtype):
+    x, y = load_digits(dtype)
+    return (x[:DIGITS_TRAIN], y[:DIGITS_TRAIN]) if split == "train" else (x[DIGITS_TRAIN:], y[DIGITS_TRAIN:])
+
+
+def load_image_dataset(name: str, split: str = "train", root=None, download: bool = False,
+                       dtype: torch.dtype = torch.float32):
+    """An image set scaled to [-1, 1]: ``(x: (N, 1, H, W), y: (N,) long)``.
+
+    * ``fashion-mnist``, ``mnist``: 28x28, train 60,000 / test 10,000, from the IDX files found by
+      :func:`find_idx_folder` (``root``, ``$DIFFUSION_DATA/<name>/``, ``data/<name>/``, Debian's
+      ``/usr/share/datasets/<name>/``); with ``download=True`` (and only then) fetched into
+      ``data/<name>/`` and checked by SHA-256 (:func:`download_idx`).
+    * ``digits``: sklearn's 8x8 digits, kept at 8x8 (always present): train the first 1,440,
+      test the other 357.
+
+    Raises FileNotFoundError saying how to get the files when they are absent.
     """
-    check_choice("split", split, FASHION_MNIST_FILES)
-    folder = find_fashion_mnist(root)
+    check_choice("name", name, IMAGE_SETS)
+    check_choice("split", split, IMAGE_SPLITS)
+    if name == "digits":
+        return _digits_split(split, dtype)
+    folder = find_idx_folder(name, root)
     if folder is None:
         if not download:
+            where = ", ".join(str(r) for r in _idx_roots(name, root))
             raise FileNotFoundError(
-                "Fashion-MNIST not found in data/fashion-mnist/ or /usr/share/datasets/fashion-mnist/; "
-                "install Debian's dataset-fashion-mnist, or call load_fashion_mnist(download=True)")
-        folder = DATA_DIR / "fashion-mnist"
-        folder.mkdir(parents=True, exist_ok=True)
-        for files in FASHION_MNIST_FILES.values():
-            for f in files:
-                if not (folder / f).exists():
-                    urllib.request.urlretrieve(FASHION_MNIST_URL + f, folder / f)
-    img, lab = (folder / f for f in FASHION_MNIST_FILES[split])
-    x = torch.tensor(read_idx(img).copy(), dtype=dtype)[:, None] / 127.5 - 1.0
-    return x, torch.tensor(read_idx(lab).astype(np.int64))
+                f"{name} IDX files not found (looked in {where}). Either install Debian's "
+                f"dataset-fashion-mnist (Fashion-MNIST), put the four .gz files in data/{name}/ or in "
+                f"${DATA_ENV}/{name}/, or call load_image_dataset({name!r}, download=True) to fetch "
+                f"them into data/{name}/ (checked by SHA-256)")
+        folder = download_idx(name)
+    img, lab = (folder / f for f in IDX_FILES[split])
+    x = torch.from_numpy(read_idx(img).copy())[:, None].to(dtype).div_(127.5).sub_(1.0)
+    return x, torch.from_numpy(read_idx(lab).astype(np.int64))
+
+
+def load_fashion_mnist(split: str = "train", root=None, download: bool = False,
+                       dtype: torch.dtype = torch.float32):
+    """Fashion-MNIST 28x28 scaled to [-1, 1]: ``(x: (N, 1, 28, 28), y: (N,))``
+    (:func:`load_image_dataset` ("fashion-mnist", ...))."""
+    return load_image_dataset("fashion-mnist", split, root, download, dtype)
+
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
+                         "Sneaker", "Bag", "Ankle boot")

@@ -85,6 +85,12 @@ class EMA:
             b_ema.copy_(b)
 
 
+def unwrap(net: torch.nn.Module) -> torch.nn.Module:
+    """The module inside a ``DistributedDataParallel`` (or ``DataParallel``) wrapper; else ``net``."""
+    wrappers = (torch.nn.parallel.DistributedDataParallel, torch.nn.DataParallel)
+    return net.module if isinstance(net, wrappers) else net
+
+
 def process_rank() -> int:
     """This process's rank r: from ``torch.distributed`` when initialised, else the ``RANK``
     environment variable (set by torchrun), else 0."""
@@ -166,7 +172,8 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
           labels: torch.Tensor | None = None, ema_decay: float = 0.999, grad_clip: float | None = 1.0,
           lr_schedule: str = "cosine", warmup: int = 0, seed: int = 0, device=None,
           progress: bool = True, desc: str = "training", log_every: int = 50,
-          checkpoint_path=None, checkpoint_every: int | None = None, resume: bool = False):
+          checkpoint_path=None, checkpoint_every: int | None = None, resume: bool = False,
+          amp: bool = False):
     """Train ``net`` with Adam on ``loss_fn(net, x, y, generator) -> scalar``.
 
     Args:
@@ -186,6 +193,12 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
             there every ``checkpoint_every`` steps (if given) and at the end, atomically.
         resume: continue from ``checkpoint_path`` if that file exists (else start afresh); the
             arguments above must match the saved run. The result equals an uninterrupted run.
+        amp: run ``loss_fn`` under ``torch.autocast`` in bfloat16 (mixed precision; meant for a
+            GPU, where bfloat16 needs no loss scaling); the weights and Adam stay in float32.
+
+    Data parallel: ``net`` may be a ``DistributedDataParallel`` wrapper (:mod:`utils.train` under
+    torchrun); ``loss_fn`` then calls the wrapper, whose backward averages the gradients over the
+    ranks, while the EMA, the checkpoints and the returned model hold the plain inner module.
 
     Returns ``(ema_model, history)``; ``net`` itself holds the last raw weights.
     Raises FloatingPointError, with the step and the last finite loss, if the loss is not finite
@@ -195,33 +208,35 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
                       checkpoint_path, checkpoint_every, resume)
     device = torch.device(device) if device is not None else next(net.parameters()).device
     net.to(device).train()
+    inner = unwrap(net)  # the module itself: what the EMA copies and the checkpoints hold
     rank = process_rank()
     data_seed, noise_seed = rank_seeds(seed, rank)
     generator = torch.Generator().manual_seed(data_seed)
     noise_gen = torch.Generator(device=device).manual_seed(noise_seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: _lr_factor(k, steps, warmup, lr_schedule))
-    ema = EMA(net, ema_decay, warmup=True)
+    ema = EMA(inner, ema_decay, warmup=True)
     history, step0 = History(), 0
     run = {"steps": steps, "batch_size": batch_size, "lr": float(lr), "lr_schedule": lr_schedule,
            "warmup": warmup, "ema_decay": float(ema_decay), "grad_clip": grad_clip, "seed": seed,
            "rank": rank, "device_type": device.type}
     if resume and Path(checkpoint_path).exists():
-        step0, history = load_training_state(checkpoint_path, net, ema, opt, sched, generator, noise_gen, run)
+        step0, history = load_training_state(checkpoint_path, inner, ema, opt, sched, generator, noise_gen, run)
     batches = _batches(data, labels, batch_size, generator, device)
     seconds0, start, pending = history.seconds, time.perf_counter(), []
     bar = tqdm(range(step0, steps), desc=desc, disable=not progress, mininterval=0.5,
                initial=step0, total=steps)
     for step in bar:
         x, y = next(batches)
-        loss = loss_fn(net, x, y, noise_gen)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(net, x, y, noise_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
         opt.step()
         sched.step()
-        ema.update(net)
+        ema.update(inner)
         pending.append(loss.detach().reshape(()))
         done = step + 1
         save_now = checkpoint_path is not None and (
@@ -231,7 +246,7 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
             bar.set_postfix(loss=f"{history.smooth:.4f}")
         if save_now:
             history.seconds = seconds0 + time.perf_counter() - start
-            save_training_state(checkpoint_path, done, net, ema, opt, sched, history, generator, noise_gen, run)
+            save_training_state(checkpoint_path, done, inner, ema, opt, sched, history, generator, noise_gen, run)
     history.seconds = seconds0 + time.perf_counter() - start
     net.eval()
     return ema.model, history
