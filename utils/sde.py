@@ -83,16 +83,30 @@ def fitted_order(step_sizes, errors) -> float:
     return float((lh_c * (le - le.mean())).sum() / (lh_c ** 2).sum())
 
 
+def fokker_planck_rhs(p: torch.Tensor, x: torch.Tensor, drift, g: float, t: float) -> torch.Tensor:
+    """App. B.2, the right-hand side of the Fokker-Planck equation on a uniform 1D grid,
+    d_t p = -d_x(f p) + (g^2 / 2) d_xx p, in conservative form: central fluxes through the K - 1
+    interior faces, zero flux through the two walls (mass is conserved exactly).
+    p, x: (K,); drift: (x: (K - 1,), t: float) -> (K - 1,). Returns d_t p: (K,)."""
+    dx = float(x[1] - x[0])
+    x_face = 0.5 * (x[1:] + x[:-1])
+    flux = drift(x_face, t) * 0.5 * (p[1:] + p[:-1]) - 0.5 * g ** 2 * (p[1:] - p[:-1]) / dx
+    flux = torch.cat([flux.new_zeros(1), flux, flux.new_zeros(1)])
+    return -(flux[1:] - flux[:-1]) / dx
+
+
 def fokker_planck_1d(p0: torch.Tensor, x: torch.Tensor, drift, g: float, t0: float, t1: float,
                      n_steps: int) -> torch.Tensor:
-    """App. B.2, the Fokker-Planck equation d_t p = -d_x(f p) + (g^2 / 2) d_xx p on a uniform 1D grid.
+    """App. B.2, the Fokker-Planck equation d_t p = -d_x(f p) + (g^2 / 2) d_xx p solved on a uniform
+    1D grid (method of lines: ``fokker_planck_rhs`` in space, classical RK4 in time); with g = 0 it
+    is the continuity equation of dx/dt = f(x, t).
 
-    A conservative finite-volume scheme (central fluxes, zero flux at both walls) stepped by
-    explicit Euler; with g = 0 it is the continuity equation of dx/dt = f(x, t).
-    p0: (K,) density values at the grid points x: (K,); drift: (x: (K,), t: float) -> (K,);
-    g: a constant diffusion coefficient >= 0. Returns p at t1, (K,). The step must satisfy
-    the explicit stability bound dt <= dx^2 / g^2 (checked) and dt |f| <= dx.
+    p0: (K,) density at the grid points x: (K,); drift: (x, t: float) -> same shape as x;
+    g: a constant diffusion coefficient >= 0. Returns p at t1, (K,). Stability needs
+    dt <= dx^2 / g^2 (checked) and dt max|f| <= 2 dx (the caller's choice of grid and steps).
     """
+    from .samplers import rk4_step
+
     check_int("n_steps", n_steps)
     if p0.shape != x.shape or x.ndim != 1 or x.numel() < 3:
         raise ValueError(f"p0 has shape {tuple(p0.shape)} and x {tuple(x.shape)}; expected the same (K,), K >= 3")
@@ -102,14 +116,10 @@ def fokker_planck_1d(p0: torch.Tensor, x: torch.Tensor, drift, g: float, t0: flo
     dt = (t1 - t0) / n_steps
     if g > 0 and abs(dt) > dx ** 2 / g ** 2:
         raise ValueError(f"n_steps={n_steps} gives dt={dt:.2e} > dx^2/g^2={dx ** 2 / g ** 2:.2e}; expected more steps")
-    x_face = 0.5 * (x[1:] + x[:-1])                        # the K - 1 interior faces
+    field = lambda p, t: (fokker_planck_rhs(p, x, drift, g, t), None)
     p = p0.clone()
     for n in range(n_steps):
-        t = t0 + n * dt
-        f_face = drift(x_face, t)
-        flux = f_face * 0.5 * (p[1:] + p[:-1]) - 0.5 * g ** 2 * (p[1:] - p[:-1]) / dx
-        flux = torch.cat([flux.new_zeros(1), flux, flux.new_zeros(1)])   # no flux through the walls
-        p = p - dt * (flux[1:] - flux[:-1]) / dx
+        p, _ = rk4_step(field, p, t0 + n * dt, t0 + (n + 1) * dt)
     return p
 
 
