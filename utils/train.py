@@ -1,0 +1,300 @@
+"""One training command for the image models, on one process or many (``torchrun``).
+
+    python -m utils.train --dataset fashion-mnist --model unet --cond --label-dropout 0.1 \\
+        --steps 20000 --batch 128 --out data/checkpoints/my_unet.pt
+    torchrun --nproc_per_node=4 -m utils.train ... (the same arguments)
+
+The loop is :func:`utils.training.train` (progress bar, EMA, gradient clipping, NaN guard,
+periodic resumable checkpoints); this file builds the data, the model and the loss from the
+arguments and, under ``torchrun``, wraps the model in ``DistributedDataParallel`` (NCCL on GPUs,
+gloo on CPUs). Each rank draws its own batches (seeds offset by the rank,
+:func:`utils.training.rank_seeds`), so the global batch is ``--batch`` x the number of ranks.
+
+Two files come out: ``--out`` (the EMA weights and a ``meta`` dict with everything needed to
+rebuild the model: :func:`load_pretrained` reads it) and ``--out`` + ``.state`` (+ ``.rankR``
+for ranks > 0), the full training state that ``--resume`` continues from, written every
+``--ckpt-every`` steps. ``--export`` writes ``--out`` from the last training state without
+training (to ship a run that is still going).
+
+Shipped checkpoints live in ``data/checkpoints/`` with ``MANIFEST.json`` (file, SHA-256, the
+command that trained it, the hardware, steps, measured figures). ``load_pretrained(name)``
+checks the SHA-256 before loading (``torch.load(..., weights_only=True)``).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import nets, training
+from .guidance import noisy_classifier_loss
+from .losses import DiffusionLoss, LogitNormal, LogNormal, Uniform
+from .schedules import SCHEDULES, get_schedule
+from .targets import TARGETS, Denoiser
+
+MODELS = ("unet", "classifier", "noisy-classifier")
+TIME_DISTS = ("uniform", "lognormal", "logitnormal")
+CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
+MANIFEST = CHECKPOINT_DIR / "MANIFEST.json"
+
+
+# --- what a run is: the model, the loss, the data -------------------------------------------------
+
+def build_net(spec: dict) -> torch.nn.Module:
+    """The network a spec describes (``spec["model"]`` and ``spec["net"]``, its keyword arguments)."""
+    kind, kw = spec["model"], dict(spec["net"])
+    if kind == "unet":
+        return nets.UNet(in_channels=kw["in_channels"], base=kw["base"], mults=tuple(kw["mults"]),
+                         depth=kw["depth"], attention=kw["attention"], num_classes=kw["num_classes"],
+                         dropout=kw["dropout"])
+    if kind == "classifier":
+        return nets.Classifier(in_channels=kw["in_channels"], width=kw["base"],
+                               num_classes=kw["num_classes"], image_size=kw["image_size"])
+    if kind == "noisy-classifier":
+        return nets.NoisyClassifier(in_channels=kw["in_channels"], base=kw["base"], mults=tuple(kw["mults"]),
+                                    num_classes=kw["num_classes"])
+    raise ValueError(f"model={kind!r} is not valid; expected one of {MODELS}")
+
+
+def time_distribution(name: str, schedule):
+    """p_time by name (:mod:`utils.losses`): uniform on [t_min, 1], EDM's log-normal, logit-normal."""
+    if name == "uniform":
+        return Uniform(schedule.t_min, 1.0)
+    if name == "lognormal":
+        return LogNormal(schedule)
+    if name == "logitnormal":
+        return LogitNormal()
+    raise ValueError(f"time_dist={name!r} is not valid; expected one of {TIME_DISTS}")
+
+
+def _classification_loss(net, x, y=None, generator=None):
+    """Cross-entropy of a clean-image classifier (the FID classifier)."""
+    if y is None:
+        raise ValueError("y is None; expected class labels (B,) with the data")
+    return torch.nn.functional.cross_entropy(net(x), y)
+
+
+def build_loss(spec: dict):
+    """loss_fn(net, x, y, generator) for :func:`utils.training.train`."""
+    if spec["model"] == "classifier":
+        return _classification_loss
+    schedule = get_schedule(spec["schedule"])
+    if spec["model"] == "noisy-classifier":
+        return noisy_classifier_loss(schedule)
+    return DiffusionLoss(schedule, spec["target"], conditional=spec["cond"],
+                         label_dropout=spec["label_dropout"],
+                         time_distribution=time_distribution(spec["time_dist"], schedule))
+
+
+def spec_from_args(args) -> dict:
+    """The plain dict (saved in every checkpoint) that rebuilds the model and its loss."""
+    x_shape = {"digits": (1, 8), "fashion-mnist": (1, 28), "mnist": (1, 28)}[args.dataset]
+    mults = [int(m) for m in args.mults.split(",")]
+    return {"model": args.model, "dataset": args.dataset, "target": args.target,
+            "schedule": args.schedule, "time_dist": args.time_dist, "cond": bool(args.cond),
+            "label_dropout": float(args.label_dropout),
+            "net": {"in_channels": x_shape[0], "image_size": x_shape[1], "base": args.width,
+                    "mults": mults, "depth": args.depth, "attention": not args.no_attention,
+                    "num_classes": 10 if (args.cond or args.model != "unet") else None,
+                    "dropout": float(args.dropout)}}
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="python -m utils.train", description=__doc__.split("\n\n")[0])
+    a = p.add_argument
+    a("--dataset", default="fashion-mnist", choices=data_mod.IMAGE_SETS)
+    a("--model", default="unet", choices=MODELS)
+    a("--width", type=int, default=32, help="base channels of the U-Net / classifiers")
+    a("--mults", default="1,2,2", help="channel multipliers per resolution level")
+    a("--depth", type=int, default=1, help="ResBlocks per level (U-Net)")
+    a("--no-attention", action="store_true", help="no self-attention in the U-Net's middle")
+    a("--dropout", type=float, default=0.0)
+    a("--target", default="eps", choices=TARGETS)
+    a("--schedule", default="vp_linear", choices=tuple(SCHEDULES))
+    a("--time-dist", default="uniform", choices=TIME_DISTS)
+    a("--cond", action="store_true", help="class-conditional U-Net (labels; null class for CFG)")
+    a("--label-dropout", type=float, default=0.0, help="probability a label is dropped to the null class")
+    a("--steps", type=int, default=10_000)
+    a("--batch", type=int, default=128, help="batch per process")
+    a("--lr", type=float, default=5e-4)
+    a("--lr-schedule", default="constant", choices=("constant", "cosine"))
+    a("--warmup", type=int, default=200)
+    a("--ema", type=float, default=0.999)
+    a("--grad-clip", type=float, default=1.0)
+    a("--seed", type=int, default=0)
+    a("--out", required=True, help="the checkpoint to write (EMA weights + meta)")
+    a("--resume", action="store_true", help="continue from OUT.state if it exists")
+    a("--export", action="store_true", help="write OUT from OUT.state's EMA weights, no training")
+    a("--log-every", type=int, default=50)
+    a("--ckpt-every", type=int, default=500)
+    a("--amp", action="store_true", help="bfloat16 mixed precision (GPU)")
+    a("--device", default="auto", help="auto, cpu, cuda")
+    a("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def state_path(out, rank: int) -> Path:
+    """Where rank ``rank`` keeps its training state: OUT.state, OUT.state.rankR for R > 0 (each
+    rank's random streams differ, so each keeps its own for an exact resume)."""
+    out = Path(out)
+    return out.with_name(out.name + ".state" + (f".rank{rank}" if rank else ""))
+
+
+def _init_distributed(device_arg: str):
+    """(rank, world_size, device): from torchrun's environment, with the process group started
+    (NCCL on CUDA, gloo on CPU); (0, 1, device) for a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    use_cuda = device_arg == "cuda" or (device_arg == "auto" and torch.cuda.is_available())
+    if world == 1:
+        return 0, 1, torch.device("cuda" if use_cuda else "cpu")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if use_cuda:
+        torch.cuda.set_device(local)
+    torch.distributed.init_process_group("nccl" if use_cuda else "gloo")
+    device = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    return torch.distributed.get_rank(), world, device
+
+
+def command_line(argv) -> str:
+    """The command as a reader would type it (for the manifest)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    prefix = f"torchrun --nproc_per_node={world} -m utils.train" if world > 1 else "python -m utils.train"
+    return " ".join([prefix] + [shlex.quote(a) for a in argv])
+
+
+def hardware(device: torch.device, world: int) -> str:
+    if device.type == "cuda":
+        return f"{world} x {torch.cuda.get_device_name(device)}"
+    return f"{world} process(es) on {os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} thread(s) each"
+
+
+def save_model(out, net: torch.nn.Module, spec: dict, history, meta: dict) -> Path:
+    """Write the shipped checkpoint: EMA weights + meta (spec, command, steps, ...) + losses."""
+    return training.save_checkpoint(out, net, history, {**meta, "spec": spec})
+
+
+def main(argv=None) -> Path | None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    if args.amp and args.device == "cpu":
+        print("note: --amp on the CPU runs bfloat16 autocast (slow on most CPUs)", file=sys.stderr)
+    rank, world, device = _init_distributed(args.device)
+    spec = spec_from_args(args)
+    torch.manual_seed(args.seed)  # every rank builds the same initial weights
+    net = build_net(spec).to(device)
+    meta = {"command": command_line(argv), "hardware": hardware(device, world), "world_size": world,
+            "batch_per_rank": args.batch, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    if args.export:
+        return export(args.out, spec, meta)
+    x, y = data_mod.load_image_dataset(args.dataset, "train")
+    model = net
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+    ema, history = training.train(
+        model, build_loss(spec), x, steps=args.steps, batch_size=args.batch, lr=args.lr, labels=y,
+        ema_decay=args.ema, grad_clip=args.grad_clip, lr_schedule=args.lr_schedule, warmup=args.warmup,
+        seed=args.seed, device=device, progress=not args.no_progress and rank == 0,
+        desc=f"{args.model} rank {rank}" if world > 1 else args.model, log_every=args.log_every,
+        checkpoint_path=state_path(args.out, rank), checkpoint_every=args.ckpt_every, resume=args.resume,
+        amp=args.amp)
+    out = None
+    if rank == 0:
+        meta.update(steps=args.steps, seconds=round(history.seconds, 1),
+                    final_loss=history.smooth)
+        out = save_model(args.out, ema.cpu(), spec, history, meta)
+        print(f"wrote {out} after {args.steps} steps in {history.seconds:.0f} s (loss {history.smooth:.4f})")
+    if world > 1:
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    return out
+
+
+def export(out, spec: dict, meta: dict) -> Path:
+    """Write OUT from the EMA weights of OUT.state (a run still training, or one that stopped)."""
+    state = torch.load(state_path(out, 0), map_location="cpu", weights_only=True)
+    net = build_net(spec)
+    net.load_state_dict(state["ema_model"])
+    history = training.History(losses=state["history"]["losses"].tolist(), seconds=state["history"]["seconds"])
+    meta.update(steps=state["step"], seconds=round(history.seconds, 1), final_loss=history.smooth)
+    path = save_model(out, net, spec, history, meta)
+    print(f"exported {path} at step {state['step']}")
+    return path
+
+
+# --- loading shipped checkpoints -------------------------------------------------------------------
+
+def sha256_file(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def read_manifest(path=MANIFEST) -> dict:
+    """MANIFEST.json as {file name: entry}; entries hold ``sha256``, ``command``, ``hardware``,
+    ``steps`` and measured figures."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{str(path)!r} does not exist; expected the checkpoints' manifest")
+    return {e["file"]: e for e in json.loads(path.read_text())["checkpoints"]}
+
+
+def load_checkpoint_file(path, expected_sha256: str | None = None) -> dict:
+    """The dict in a checkpoint file, loaded with ``weights_only=True``; with ``expected_sha256``,
+    the file's hash is checked first. A tampered or corrupted file raises ValueError naming it."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
+    if expected_sha256 is not None:
+        got = sha256_file(path)
+        if got != expected_sha256:
+            raise ValueError(f"checkpoint {str(path)!r} failed its SHA-256 check (got {got}, the manifest "
+                             f"says {expected_sha256}): the file is corrupted or was modified")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated zip, pickled code (refused by weights_only), ...
+        raise ValueError(f"checkpoint {str(path)!r} could not be loaded with weights_only=True: {err}") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "spec" not in ckpt.get("meta", {}):
+        raise ValueError(f"checkpoint {str(path)!r} is not a utils.train checkpoint (state_dict + meta.spec)")
+    return ckpt
+
+
+def load_pretrained(name, manifest=MANIFEST, device="cpu"):
+    """A shipped (or any ``utils.train``) checkpoint, ready to use:
+
+    * a U-Net comes back as a :class:`utils.targets.Denoiser` (its target and schedule from the
+      checkpoint; class-conditional ones take y, NULL_LABEL for unconditional, so
+      ``ClassifierFreeGuidance(model, w)`` works on it);
+    * a classifier / noise-conditional classifier as the ``nn.Module`` in eval mode.
+
+    ``name``: a file name listed in ``MANIFEST.json`` (e.g. ``"fmnist_unet_cfg.pt"``; its SHA-256
+    is checked) or a path to any checkpoint written by the training command (no hash check).
+    The model's meta dict is at ``.meta`` of the returned object.
+    """
+    path, expected = Path(name), None
+    if not path.exists() or path.parent == Path("."):
+        entries = read_manifest(manifest)
+        if str(name) not in entries:
+            raise ValueError(f"name={name!r} is not a checkpoint in {str(manifest)!r}; expected one of "
+                             f"{tuple(entries)} or a path")
+        path, expected = Path(manifest).parent / str(name), entries[str(name)]["sha256"]
+    ckpt = load_checkpoint_file(path, expected)
+    spec = ckpt["meta"]["spec"]
+    net = build_net(spec)
+    net.load_state_dict({k: v.float() for k, v in ckpt["state_dict"].items()})
+    net = net.to(device).eval().requires_grad_(False)
+    out = Denoiser(net, spec["target"], get_schedule(spec["schedule"])) if spec["model"] == "unet" else net
+    out.meta = ckpt["meta"]
+    return out
+
+
+if __name__ == "__main__":
+    main()
