@@ -116,3 +116,31 @@ def test_bad_input_raises():
         sm.implicit_score_matching(lambda x: x[:, :1], torch.randn(3, 2, dtype=F64))
     with pytest.raises(ValueError, match="true_score"):
         sm.explicit_score_matching(f, torch.randn(3, 2, dtype=F64), torch.zeros(3, 3, dtype=F64))
+
+
+def test_second_order_tweedie_on_a_gaussian_and_a_mixture():
+    from utils import schedules
+    # x0 ~ N(mu, tau^2 I): x0 | x_t is Gaussian with covariance tau^2 sigma^2 / (alpha^2 tau^2 + sigma^2) I
+    mu, tau, alpha, sigma = torch.tensor([0.5, -1.0], dtype=torch.float64), 0.7, 0.8, 0.6
+    v = alpha ** 2 * tau ** 2 + sigma ** 2
+    score = lambda x: -(x - alpha * mu) / v
+    x = torch.randn(6, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cov = sm.tweedie_covariance(score, x, alpha, sigma)
+    exact = tau ** 2 * sigma ** 2 / v * torch.eye(2, dtype=torch.float64).expand(6, 2, 2)
+    torch.testing.assert_close(cov, exact)
+    mean, cov_mix = sm.mixture_posterior(GaussianMixture(mu[None], tau), x, alpha, sigma)
+    torch.testing.assert_close(cov_mix, exact)
+    torch.testing.assert_close(mean, sm.tweedie_mean(score, x, alpha, sigma))
+    # a mixture under VPLinear: the Hessian of the oracle's log p_t gives the exact posterior covariance
+    mix, vp = data.toy_gmm("8gaussians"), schedules.VPLinear()
+    oracle = mix.denoiser(vp)
+    for t in (0.1, 0.5):
+        a, s = float(vp.alpha(t)), float(vp.sigma(t))
+        cov_t = sm.tweedie_covariance(lambda z: oracle.score(z, t), 2 * x, a, s)
+        mean_e, cov_e = sm.mixture_posterior(mix, 2 * x, a, s)
+        torch.testing.assert_close(cov_t, cov_e, atol=1e-10, rtol=1e-8)
+        torch.testing.assert_close(mean_e, oracle.x0(2 * x, t))
+    with pytest.raises(ValueError):
+        sm.tweedie_covariance(score, x, 0.0, sigma)
+    with pytest.raises(ValueError):
+        sm.mixture_posterior(mix, torch.zeros(3, 3, dtype=torch.float64), 1.0, 0.5)

@@ -127,3 +127,70 @@ def denoising_score_matching(score_fn, x: torch.Tensor, sigma: float,
     if not isinstance(s, torch.Tensor) or s.shape != x.shape:
         raise ValueError(f"score_fn returned {getattr(s, 'shape', type(s).__name__)}; expected {tuple(x.shape)}")
     return 0.5 * ((s + eps / sigma) ** 2).sum(1).mean()
+
+
+# --- Tweedie's formula, first and second order (monograph §3.3) --------------------------------
+
+def _check_alpha_sigma(alpha, sigma):
+    for name, v in (("alpha", alpha), ("sigma", sigma)):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise ValueError(f"{name}={v!r} is not valid; expected a positive float")
+
+
+def score_jacobian(score_fn, x: torch.Tensor) -> torch.Tensor:
+    """grad_x s(x) for each sample, by D backward passes; x: (B, D) -> (B, D, D) with
+    [b, i, j] = d s_i(x_b) / d x_j. For s = grad log p it is the Hessian of log p."""
+    with torch.enable_grad():
+        x, s = _score_with_input(score_fn, x)
+        rows = [torch.autograd.grad(s[:, i].sum(), x, retain_graph=True)[0] for i in range(x.shape[1])]
+    return torch.stack(rows, 1)
+
+
+def tweedie_mean(score_fn, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """First-order Tweedie (§3.3): E[x0 | x_t = x] = (x + sigma^2 grad log p_t(x)) / alpha for
+    x_t = alpha x0 + sigma eps. x: (B, D) -> (B, D); ``score_fn(x)`` is grad log p_t."""
+    _check_alpha_sigma(alpha, sigma)
+    _, s = _score_with_input(score_fn, x)
+    return (x + sigma ** 2 * s.detach()) / alpha
+
+
+def tweedie_covariance(score_fn, x: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
+    """Second-order Tweedie (§3.3, "higher order"): for x_t = alpha x0 + sigma eps,
+
+        Cov[x0 | x_t = x] = (sigma^2 / alpha^2) (I + sigma^2 grad_x^2 log p_t(x)),
+
+    with the Hessian of log p_t taken as the Jacobian of ``score_fn`` (autograd).
+    x: (B, D) -> (B, D, D). Derivation: differentiating grad log p_t = E[alpha x0 - x | x] / sigma^2
+    once more gives grad^2 log p_t = -I / sigma^2 + (alpha^2 / sigma^4) Cov[x0 | x]."""
+    _check_alpha_sigma(alpha, sigma)
+    H = score_jacobian(score_fn, x)
+    eye = torch.eye(x.shape[1], dtype=H.dtype, device=H.device)
+    return (sigma ** 2 / alpha ** 2) * (eye + sigma ** 2 * H)
+
+
+def mixture_posterior(mixture, x: torch.Tensor, alpha: float, sigma: float):
+    """The exact posterior of x0 given x_t = alpha x0 + sigma eps for Gaussian-mixture data (§3.3):
+    again a Gaussian mixture, with responsibilities r_k(x) prop. to w_k N(x; alpha mu_k, G_k),
+    G_k = alpha^2 Sigma_k + sigma^2 I, means m_k = mu_k + alpha Sigma_k G_k^-1 (x - alpha mu_k) and
+    covariances C_k = Sigma_k - alpha^2 Sigma_k G_k^-1 Sigma_k.
+
+    ``mixture``: a :class:`utils.gmm.GaussianMixture`; x: (B, D). Returns (mean (B, D), cov (B, D, D))
+    by the law of total covariance, Cov = sum_k r_k (C_k + m_k m_k^T) - mean mean^T."""
+    _check_alpha_sigma(alpha, sigma)
+    _check_x(x)
+    if not hasattr(mixture, "means") or x.shape[1] != mixture.means.shape[1]:
+        raise ValueError(f"mixture must be a GaussianMixture of dimension {x.shape[1]}; got {type(mixture).__name__}")
+    x = x.to(torch.float64)
+    mu, Sig, w = mixture.means, mixture.covs, mixture.weights                         # (K,D), (K,D,D), (K,)
+    eye = torch.eye(x.shape[1], dtype=torch.float64)
+    G = alpha ** 2 * Sig + sigma ** 2 * eye                                           # (K,D,D)
+    Ginv = torch.linalg.inv(G)
+    d = x[:, None, :] - alpha * mu                                                    # (B,K,D)
+    Ginv_d = torch.einsum("kij,bkj->bki", Ginv, d)
+    log_n = -0.5 * (d * Ginv_d).sum(-1) - 0.5 * torch.logdet(G)                      # (B,K), up to a constant
+    r = torch.softmax(w.log() + log_n, dim=1)
+    m = mu + alpha * torch.einsum("kij,bkj->bki", Sig, Ginv_d)                        # (B,K,D)
+    C = Sig - alpha ** 2 * Sig @ Ginv @ Sig                                           # (K,D,D)
+    mean = (r[..., None] * m).sum(1)
+    second = torch.einsum("bk,kij->bij", r, C) + torch.einsum("bk,bki,bkj->bij", r, m, m)
+    return mean, second - mean[:, :, None] * mean[:, None, :]
