@@ -267,6 +267,28 @@ def load_checkpoint_file(path, expected_sha256: str | None = None) -> dict:
     return ckpt
 
 
+def manifest_entry(path, role: str, figures: dict | None = None) -> dict:
+    """One MANIFEST.json entry for a checkpoint file: its name, size, SHA-256, role, and from its
+    meta the exact command, hardware, steps and training seconds, plus measured ``figures``."""
+    path = Path(path)
+    meta = load_checkpoint_file(path)["meta"]
+    return {"file": path.name, "bytes": path.stat().st_size, "sha256": sha256_file(path), "role": role,
+            "command": meta["command"], "hardware": meta["hardware"], "steps": meta["steps"],
+            "train_seconds": meta.get("seconds"), "model": meta["spec"]["model"],
+            "figures": dict(figures or {})}
+
+
+def read_manifest_notes(path=MANIFEST) -> str:
+    return json.loads(Path(path).read_text()).get("notes", "")
+
+
+def write_manifest(entries: list, path=MANIFEST, notes: str = "") -> Path:
+    """Write MANIFEST.json: {"notes": ..., "checkpoints": [entry, ...]} (:func:`manifest_entry`)."""
+    path = Path(path)
+    path.write_text(json.dumps({"notes": notes, "checkpoints": entries}, indent=2) + "\n")
+    return path
+
+
 def load_pretrained(name, manifest=MANIFEST, device="cpu"):
     """A shipped (or any ``utils.train``) checkpoint, ready to use:
 
