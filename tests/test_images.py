@@ -230,3 +230,13 @@ def test_per_sample_seeds_do_not_depend_on_batching():
     first = fid.sample_images(model, 3, (1, 8, 8), grid, y=y[:3], seed=1, start=0)
     second = fid.sample_images(model, 2, (1, 8, 8), grid, y=y[3:], seed=1, start=3)
     torch.testing.assert_close(torch.cat([first, second]), whole, rtol=1e-5, atol=1e-5)
+
+
+def test_image_grid():
+    x = torch.linspace(-1, 1, 5)[:, None, None, None].expand(5, 1, 3, 2)
+    g = data.image_grid(x, nrow=2, pad=1)
+    assert g.shape == (3 * 4, 2 * 3)
+    torch.testing.assert_close(g[4:7, 3:5], torch.full((3, 2), 0.75))  # image 3: value 0.5 -> 0.75
+    assert float(g[0, 2]) == 1.0  # padding is white
+    with pytest.raises(ValueError, match="x has shape"):
+        data.image_grid(torch.zeros(2, 3, 4, 4))

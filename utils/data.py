@@ -311,3 +311,21 @@ def load_fashion_mnist(split: str = "train", root=None, download: bool = False,
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
+
+
+def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:
+    """Tile images x: (N, 1, H, W) in [-1, 1] into one (rows (H + pad), nrow (W + pad)) array in
+    [0, 1] for ``plt.imshow(grid, cmap="gray")``; values outside [-1, 1] are clipped."""
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or x.shape[1] != 1:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"x has shape {shape}; expected (N, 1, H, W)")
+    check_int("nrow", nrow)
+    check_int("pad", pad, 0)
+    n, _, h, w = x.shape
+    rows = -(-n // nrow)
+    grid = torch.ones(rows * (h + pad), nrow * (w + pad), dtype=torch.float32)
+    img = ((x.detach().float().cpu().clamp(-1, 1) + 1) / 2)[:, 0]
+    for k in range(n):
+        r, c = divmod(k, nrow)
+        grid[r * (h + pad):r * (h + pad) + h, c * (w + pad):c * (w + pad) + w] = img[k]
+    return grid
