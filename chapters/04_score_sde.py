@@ -14,8 +14,12 @@
 #   Gaussian kernel's $x_t = \alpha_t x_0 + \sigma_t \varepsilon$;
 # * write the reverse-time SDE and the PF-ODE from $f$, $g$ and the score, and see that forward SDE,
 #   reverse SDE and PF-ODE share the marginal $p_t$ at every $t$ (the "three dynamics" widget);
+# * explain why, with the Fokker–Planck equation (§4.2): check it on the exact mixture, solve the Gaussian
+#   example in closed form (mean, variance, the drifts of the reverse SDE and of the PF-ODE, the PF-ODE's
+#   trajectories) and check Euler–Maruyama and Heun against it, and sample the whole family
+#   $\mathrm{d}x = [f x - \tfrac12(1+\lambda^2) g^2 \nabla\log p_t]\,\mathrm{d}t + \lambda g\,\mathrm{d}\bar W$ that shares these marginals;
 # * train a score model by continuous-time denoising score matching and sample it by reverse SDE,
-#   predictor–corrector and PF-ODE, judged against the data-vs-data noise floor;
+#   predictor–corrector (with Song et al.'s corrector step) and PF-ODE, judged against the data-vs-data noise floor;
 # * compute $\log p_0(x)$ through the PF-ODE with the instantaneous change of variables, with an exact
 #   trace and with Hutchinson's estimator, and check it against the exact log-density.
 #
@@ -30,7 +34,7 @@
 import sys, pathlib
 ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p / "utils").is_dir())
 sys.path.insert(0, str(ROOT))
-import math, torch, matplotlib.pyplot as plt
+import math, torch, matplotlib, matplotlib.ticker, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
 from utils import likelihood
 profile, device, gen = config.setup(seed=0)
@@ -38,16 +42,18 @@ S = config.pick({
     # n: samples per quality check (20 chunks of n/20 against the data-vs-data floor)
     "test": dict(n=8000, fwd_steps=200, dyn_steps=50, train_steps=2000, batch=256, lr=2e-3, hidden=128,
                  em_steps=100, pc_steps=50, ode_steps=20, ll_n=300, ll_steps=(8, 16, 32, 64), ll_model_steps=32,
-                 hutch_points=4, hutch_reps=400),
+                 hutch_points=4, hutch_reps=400, gauss_n=20000, gauss_em_steps=500, gauss_ode_steps=(12, 25, 50, 100),
+                 family_steps=100),
     "cpu": dict(n=8000, fwd_steps=500, dyn_steps=200, train_steps=8000, batch=512, lr=2e-3, hidden=128,
                 em_steps=500, pc_steps=250, ode_steps=50, ll_n=2000, ll_steps=(8, 16, 32, 64, 128), ll_model_steps=64,
-                hutch_points=8, hutch_reps=1000),
+                hutch_points=8, hutch_reps=1000, gauss_n=50000, gauss_em_steps=1000, gauss_ode_steps=(12, 25, 50, 100, 200),
+                family_steps=250),
 })
 S
 
 
 # %% [markdown]
-# ## 1. Forward SDEs: noise injected continuously (Ch. 4, the forward SDE)
+# ## 1. Forward SDEs: noise injected continuously (§4.1, §4.4)
 #
 # In continuous time the forward process is an Itô SDE
 # $$ \mathrm{d}x_t = f(t)\,x_t\,\mathrm{d}t + g(t)\,\mathrm{d}W_t, \qquad x_0 \sim p_{\text{data}}, $$
@@ -122,7 +128,7 @@ fig.suptitle("forward SDE by Euler–Maruyama (dots) over the exact marginal $p_
 fig.tight_layout()
 
 # %% [markdown]
-# ## 2. Reversing time: the reverse SDE and the probability-flow ODE (Ch. 4)
+# ## 2. Reversing time: the reverse SDE and the probability-flow ODE (§4.1)
 #
 # Anderson (1982) showed that the forward SDE run backwards in time is again an SDE,
 # $$ \mathrm{d}x_t = \big[f(t)\,x_t - g^2(t)\,\nabla_x \log p_t(x_t)\big]\,\mathrm{d}t + g(t)\,\mathrm{d}\bar W_t, $$
@@ -173,38 +179,6 @@ print("inline reverse SDE == samplers.sample_euler_maruyama")
 
 
 # %% [markdown]
-# **Predictor–corrector** (Song et al. 2021, Alg. 1): after each reverse-SDE *predictor* step, a few Langevin
-# *corrector* steps at the new time pull the cloud back towards $p_{t}$ (Ch. 3's Langevin dynamics, with
-# the step size set by a target signal-to-noise ratio $r$: $\eta = 2\,(r\,\|z\|/\|\nabla\log p_t\|)^2$, norms averaged
-# over the batch). At the end, Tweedie's formula returns $\mathbb E[x_0\mid x_{t_{\min}}]$.
-
-# %%
-def predictor_corrector(denoiser, x, grid, snr, generator):
-    sched = denoiser.schedule
-    n = len(grid) - 1
-    for i in range(n):
-        t, t_next = float(grid[i]), float(grid[i + 1])
-        dt = t_next - t
-        f, g2 = float(sched.f(t)), float(sched.g2(t))
-        # predictor: one reverse-SDE Euler–Maruyama step
-        x = x + (f * x - g2 * denoiser.score(x, t)) * dt
-        x = x + math.sqrt(g2 * -dt) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        # corrector: one Langevin step on p_{t_next}
-        if i < n - 1:
-            s = denoiser.score(x, t_next)
-            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-            eta = 2 * (snr * z.norm(dim=1).mean() / s.norm(dim=1).mean()) ** 2
-            x = x + eta * s + torch.sqrt(2 * eta) * z
-    return denoiser.x0(x, float(grid[-1]))
-
-grid_pc = schedules.uniform_grid(50, 1.0, vp.t_min)
-mine = predictor_corrector(oracle, x1, grid_pc, 0.16, torch.Generator().manual_seed(3))
-ref = samplers.sample_predictor_corrector(oracle, x1, grid_pc, n_corrector=1, snr=0.16,
-                                          generator=torch.Generator().manual_seed(3))
-torch.testing.assert_close(mine, ref)
-print("inline predictor-corrector == samplers.sample_predictor_corrector")
-
-# %% [markdown]
 # ### Three dynamics, one family of marginals
 #
 # Now the three processes side by side, all with the exact score: the **forward SDE** from data, and the
@@ -235,12 +209,12 @@ for t in (0.5, 0.0):
 # All three sit at the noise floor of $p_t$ at every checked time, although the paths look nothing alike:
 # the forward SDE and the reverse SDE jitter, the PF-ODE glides; the reverse SDE and the PF-ODE started from the
 # same points end at different data points. Move the slider over $t$ (in JupyterLab; here a static
-# figure at $t=0.5$):
+# figure at $t=0.2$, where the PF-ODE paths have travelled most of their way):
 
 # %%
-def draw_three_dynamics(t=0.5):
+def draw_three_dynamics(t=0.2):
     k = int(round((1 - t) * n_dyn))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.9), layout="constrained")
     for ax, (name, xs), color in zip(axes, dynamics.items(), ("C0", "C3", "C2")):
         plotting.plot_density(lambda p: mix.log_prob(p, t, vp), ax=ax, cmap="Greys")
         plotting.plot_samples(xs[k, :1500], ax=ax, s=1, alpha=0.35, color=color)
@@ -248,13 +222,242 @@ def draw_three_dynamics(t=0.5):
         plotting.plot_trajectories(span[:, :12], ax=ax, n_paths=12, color="k", alpha=0.6,
                                    title=f"{name} at t = {t:.2f}")
     fig.suptitle("forward SDE (from data), reverse SDE and PF-ODE (from the same noise) over the exact $p_t$")
-    fig.tight_layout()
     return fig
 
-widgets.explore(draw_three_dynamics, {"t": (0.0, 1.0, 0.01, 0.5)})
+widgets.explore(draw_three_dynamics, {"t": (0.0, 1.0, 0.01, 0.2)})
 
 # %% [markdown]
-# ## 3. Continuous-time denoising score matching (Ch. 4, training)
+# ## 3. Matching marginals: the Fokker–Planck equation (§4.2)
+#
+# Why do such different dynamics share one family of marginals? The density $p_t$ of the forward SDE
+# obeys the **Fokker–Planck equation** (FPE; §4.2, derived with Itô's formula in App. C.1)
+# $$ \partial_t p_t(x) = -\nabla\!\cdot\big(f(t)\,x\,p_t(x)\big) + \tfrac12 g^2(t)\,\Delta p_t(x). $$
+# Since $\Delta p = \nabla\!\cdot(p\,\nabla\log p)$, the diffusion term is itself a transport term and the FPE is a
+# **continuity equation**
+# $$ \partial_t p_t = -\nabla\!\cdot\big(v_t\,p_t\big), \qquad v_t(x) = f(t)\,x - \tfrac12 g^2(t)\,\nabla\log p_t(x): $$
+# the deterministic flow $\dot x = v_t(x)$, the PF-ODE, moves the same $p_t$. Split the same term another way and a
+# whole family appears: for every $\lambda \ge 0$ the process
+# $$ \mathrm{d}x_t = \big[f(t)\,x_t - \tfrac12(1+\lambda^2)\,g^2(t)\,\nabla\log p_t(x_t)\big]\,\mathrm{d}t + \lambda\,g(t)\,\mathrm{d}\bar W_t \qquad (\mathrm{d}t < 0) $$
+# run from $p_1$ has the marginals $p_t$. (In reversed time $\tau = 1-t$ its density obeys
+# $\partial_\tau q = \nabla\!\cdot(b\,q) + \tfrac12\lambda^2 g^2\,\Delta q$ with $b$ the bracket; with $q = p_{1-\tau}$ the right side is
+# $\nabla\!\cdot(b\,p_t + \tfrac12\lambda^2 g^2\, p_t\nabla\log p_t) = \nabla\!\cdot(v_t\,p_t) = -\partial_t p_t = \partial_\tau q$.)
+# $\lambda = 1$ is Anderson's reverse SDE, $\lambda = 0$ the PF-ODE.
+#
+# First the equation itself, on the exact mixture. Divided by $p_t$ it reads
+# $$ \partial_t \log p_t = -D f - f\,x\cdot\nabla\log p_t + \tfrac12 g^2\big(\Delta\log p_t + \|\nabla\log p_t\|^2\big), $$
+# with $D=2$. The oracle gives $\log p_t$ in closed form; we take $\partial_t$ by a central difference and the
+# spatial derivatives by autograd, and compare with a wrong equation (the diffusion doubled).
+
+# %%
+def fpe_sides(t, x, g2_factor=1.0, h=1e-4):
+    """Left and right side of the Fokker–Planck equation in log form at points x: (B, D), time t."""
+    x = x.detach().requires_grad_(True)
+    s = mix.score(x, t, vp)                                          # grad log p_t, autograd-able
+    lap = sum(torch.autograd.grad(s[:, d].sum(), x, retain_graph=True)[0][:, d] for d in range(x.shape[1]))
+    x, s, lap = x.detach(), s.detach(), lap.detach()
+    lhs = (mix.log_prob(x, t + h, vp) - mix.log_prob(x, t - h, vp)) / (2 * h)
+    f, g2 = float(vp.f(t)), g2_factor * float(vp.g2(t))
+    rhs = -x.shape[1] * f - f * (x * s).sum(1) + 0.5 * g2 * (lap + (s ** 2).sum(1))
+    return lhs, rhs
+
+for t in (0.05, 0.3, 0.8):
+    xt = mix.sample(1000, gen, t=t, schedule=vp)[0]
+    lhs, rhs = fpe_sides(t, xt)
+    rel = float((lhs - rhs).abs().max() / lhs.abs().max())
+    rel_wrong = float((lhs - fpe_sides(t, xt, g2_factor=2.0)[1]).abs().max() / lhs.abs().max())
+    print(f"t={t:.2f}: max |residual| / max |d log p/dt| = {rel:.1e}   (with g^2 doubled: {rel_wrong:.2f})")
+    assert rel < 1e-5 and rel_wrong > 0.1, (t, rel, rel_wrong)
+
+# %% [markdown]
+# ### The exact Gaussian example
+#
+# With data $\mathcal N(m_0, s_0^2)$ in one dimension everything is in closed form. The marginal stays Gaussian,
+# $p_t = \mathcal N(m_t, v_t)$ with
+# $$ m_t = \alpha_t m_0, \qquad v_t = \alpha_t^2 s_0^2 + \sigma_t^2 \qquad (\dot m = f m,\ \ \dot v = 2 f v + g^2), $$
+# the score is $-(x-m_t)/v_t$, and the drifts are
+# $$ \text{reverse SDE: } f x + g^2\,\frac{x-m_t}{v_t}, \qquad \text{PF-ODE: } f x + \tfrac12 g^2\,\frac{x-m_t}{v_t}. $$
+# The PF-ODE can even be solved: the standardised coordinate $(x_t - m_t)/\sqrt{v_t}$ is constant along it (its time
+# derivative is $\frac{x-m}{\sqrt v}\,[\,f + \tfrac{g^2}{2v} - \tfrac{\dot v}{2v}\,] = 0$), so
+# $$ x_t = m_t + \sqrt{v_t / v_1}\,(x_1 - m_1): $$
+# every quantile of $p_1$ travels to the same quantile of $p_t$. We take $m_0 = 1.5$, $s_0 = 0.3$ and VP, and check the
+# closed-form score against the oracle of the one-component "mixture".
+
+# %%
+m0, s0 = 1.5, 0.3
+
+def gauss_moments(t):
+    """Mean and variance of p_t for data N(m0, s0^2) under VP: (alpha m0, alpha^2 s0^2 + sigma^2)."""
+    a, s = float(vp.alpha(t)), float(vp.sigma(t))
+    return a * m0, a ** 2 * s0 ** 2 + s ** 2
+
+def gauss_drift(x, t, lam):
+    """f x - (1 + lam^2)/2 g^2 score with the exact score -(x - m_t)/v_t (lam=1 SDE, lam=0 PF-ODE)."""
+    m, v = gauss_moments(t)
+    return float(vp.f(t)) * x + 0.5 * (1 + lam ** 2) * float(vp.g2(t)) * (x - m) / v
+
+gauss = gmm.GaussianMixture([[m0]], s0)                      # the same law as a one-component oracle
+xs_probe = torch.linspace(-3, 3, 13, dtype=torch.float64)[:, None]
+for t in (0.0, 0.3, 0.9):
+    m, v = gauss_moments(t)
+    torch.testing.assert_close(gauss.denoiser(vp).score(xs_probe, t), -(xs_probe - m) / v)
+print("closed-form score -(x - m_t)/v_t == oracle score")
+
+# %% [markdown]
+# **The reverse SDE by Euler–Maruyama**, started from the exact $p_1 = \mathcal N(m_1, v_1)$: at each checked time the
+# sample mean and variance should match $m_t$ and $v_t$ within their Monte-Carlo standard errors $\sqrt{v_t/n}$ and
+# $v_t\sqrt{2/(n-1)}$. (Euler–Maruyama also has a bias of order $\Delta t$; with this many steps it is below the
+# standard error. Try 100 steps: the variance misses by several standard errors.)
+
+# %%
+n_g, steps_g = S["gauss_n"], S["gauss_em_steps"]
+grid_g = schedules.uniform_grid(steps_g, 1.0, 0.0)
+m1, v1 = gauss_moments(1.0)
+x = m1 + math.sqrt(v1) * torch.randn(n_g, generator=gen, dtype=torch.float64)
+gauss_paths, gauss_stats = [x[:30]], {1.0: (float(x.mean()), float(x.var()))}
+for i in range(steps_g):
+    t, t_next = float(grid_g[i]), float(grid_g[i + 1])
+    dt = t_next - t
+    x = x + gauss_drift(x, t, 1.0) * dt + math.sqrt(float(vp.g2(t)) * -dt) * torch.randn(
+        n_g, generator=gen, dtype=torch.float64)
+    gauss_paths.append(x[:30])
+    if (i + 1) % (steps_g // 20) == 0:
+        gauss_stats[round(t_next, 6)] = (float(x.mean()), float(x.var()))
+gauss_paths = torch.stack(gauss_paths)                                         # (steps + 1, 30)
+for t in (0.75, 0.5, 0.25, 0.0):
+    m, v = gauss_moments(t)
+    mean_hat, var_hat = gauss_stats[t]
+    z_mean, z_var = (mean_hat - m) / math.sqrt(v / n_g), (var_hat - v) / (v * math.sqrt(2 / (n_g - 1)))
+    print(f"t={t:.2f}: mean {mean_hat:.4f} vs m_t {m:.4f} ({z_mean:+.1f} SE),  "
+          f"variance {var_hat:.4f} vs v_t {v:.4f} ({z_var:+.1f} SE)")
+    assert abs(z_mean) < 4 and abs(z_var) < 4, (t, z_mean, z_var)
+
+# %% [markdown]
+# **The PF-ODE by Heun**, from nine quantiles of $p_1$, against the closed-form trajectory at every grid time (down to
+# $t_{\min}$, where the samplers stop). Heun is second order, so the error should fall about fourfold per doubling
+# of the steps; the inline solver also equals `samplers.sample_heun` with the one-component oracle.
+
+# %%
+x1_q = m1 + math.sqrt(v1) * torch.linspace(-2, 2, 9, dtype=torch.float64)      # quantiles of p_1
+
+def heun_gauss(x, grid):
+    """Heun's method for dx/dt = gauss_drift(x, t, 0); returns every state (steps + 1, B)."""
+    xs = [x]
+    for i in range(len(grid) - 1):
+        t, t_next = float(grid[i]), float(grid[i + 1])
+        k1 = gauss_drift(x, t, 0.0)
+        k2 = gauss_drift(x + (t_next - t) * k1, t_next, 0.0)
+        x = x + 0.5 * (t_next - t) * (k1 + k2)
+        xs.append(x)
+    return torch.stack(xs)
+
+def pf_ode_exact(x1, t):
+    m, v = gauss_moments(t)
+    return m + math.sqrt(v / v1) * (x1 - m1)
+
+ode_errors = []
+for n_steps in S["gauss_ode_steps"]:
+    grid_o = schedules.uniform_grid(n_steps, 1.0, vp.t_min)
+    xs_ode = heun_gauss(x1_q, grid_o)
+    exact = torch.stack([pf_ode_exact(x1_q, float(t)) for t in grid_o])
+    ode_errors.append(float((xs_ode - exact).abs().max()))
+    print(f"Heun, {n_steps:3d} steps: max |x_t - closed form| over the path = {ode_errors[-1]:.2e}")
+torch.testing.assert_close(xs_ode[-1][:, None], samplers.sample_heun(gauss.denoiser(vp), x1_q[:, None], grid_o))
+steps_o = torch.tensor(S["gauss_ode_steps"], dtype=torch.float64)
+slope_o = float(torch.linalg.lstsq(torch.stack([steps_o.log(), torch.ones_like(steps_o)], 1),
+                                   torch.tensor(ode_errors, dtype=torch.float64).log()[:, None]).solution[0])
+print(f"fitted order: error ~ steps^{slope_o:.2f} (Heun: -2);  inline Heun == samplers.sample_heun")
+assert ode_errors[-1] < 2e-3 and slope_o < -1.6, (ode_errors, slope_o)
+config.record(nb04_gauss_pf_ode_max_error=ode_errors[-1], nb04_gauss_pf_ode_order=slope_o)
+
+# %%
+ts_g = grid_g.numpy()
+moments = torch.tensor([gauss_moments(float(t)) for t in grid_g], dtype=torch.float64)
+fig, axes = plt.subplots(1, 2, figsize=(11, 3.9), layout="constrained")
+ax = axes[0]
+sd = moments[:, 1].sqrt()
+ax.fill_between(ts_g, moments[:, 0] - 2 * sd, moments[:, 0] + 2 * sd, color="0.85", label="$m_t \\pm 2\\sqrt{v_t}$")
+ax.plot(ts_g, gauss_paths[:, :15], color="C3", lw=0.5, alpha=0.6)
+ax.plot([], [], color="C3", lw=0.8, label="reverse SDE (EM)")
+ax.plot(grid_o.numpy(), xs_ode, color="C2", lw=1.5)
+ax.plot(ts_g, torch.stack([pf_ode_exact(x1_q, float(t)) for t in grid_g]), "k:", lw=1)
+ax.plot([], [], color="C2", label="PF-ODE (Heun)"); ax.plot([], [], "k:", label="PF-ODE closed form")
+ax.set_xlabel("t"); ax.set_ylabel("x"); ax.set_title("paths: data $\\mathcal{N}(1.5, 0.3^2)$ at t = 0")
+ax.legend(fontsize=8, loc="lower left")
+ax = axes[1]
+t_chk = sorted(gauss_stats)
+ax.plot(ts_g, moments[:, 0], "C0", label="$m_t$ (closed form)")
+ax.plot(ts_g, moments[:, 1], "C1", label="$v_t$ (closed form)")
+ax.plot(t_chk, [gauss_stats[t][0] for t in t_chk], "o", color="C0", ms=4, mfc="none", label="reverse-SDE mean")
+ax.plot(t_chk, [gauss_stats[t][1] for t in t_chk], "s", color="C1", ms=4, mfc="none", label="reverse-SDE variance")
+ax.set_xlabel("t"); ax.set_title(f"moments over t ({n_g} reverse-SDE samples)"); ax.legend(fontsize=8)
+
+# %% [markdown]
+# ### One family of processes, one family of marginals
+#
+# Back to the 2D mixture and its exact score. One Euler–Maruyama step of the $\lambda$-process, written out, equals
+# `samplers.reverse_sde_step(..., lam=)` (which `samplers.sample_euler_maruyama(..., lam=)` repeats); then we sample
+# $\lambda \in \{0, \tfrac12, 1\}$ from the same prior draws and compare each cloud with the data at the noise floor.
+
+# %%
+def lambda_process(denoiser, x, grid, lam, generator, callback=None):
+    """Euler–Maruyama for dx = [f x - (1 + lam^2)/2 g^2 score] dt + lam g dW_bar; last step without noise."""
+    sched = denoiser.schedule
+    n = len(grid) - 1
+    for i in range(n):
+        t, t_next = float(grid[i]), float(grid[i + 1])
+        dt = t_next - t
+        f, g2 = float(sched.f(t)), float(sched.g2(t))
+        x = x + (f * x - 0.5 * (1 + lam ** 2) * g2 * denoiser.score(x, t)) * dt
+        if lam > 0 and i < n - 1:
+            x = x + lam * math.sqrt(g2 * -dt) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        if callback is not None:
+            callback(x)
+    return x
+
+grid_f = schedules.uniform_grid(S["family_steps"], 1.0, 0.0)
+x1 = samplers.sample_prior(vp, (S["n"], 2), gen, dtype=torch.float64)
+torch.testing.assert_close(lambda_process(oracle, x1[:500], grid_f, 0.5, torch.Generator().manual_seed(8)),
+                           samplers.sample_euler_maruyama(oracle, x1[:500], grid_f, lam=0.5,
+                                                          generator=torch.Generator().manual_seed(8)))
+print("inline lambda-process == samplers.sample_euler_maruyama(lam=0.5)")
+family, family_paths, family_ratio = {}, {}, {}
+ref0 = lambda n, g: mix.sample(n, g)[0]
+for lam in (0.0, 0.5, 1.0):
+    steps = []
+    family[lam] = lambda_process(oracle, x1, grid_f, lam, torch.Generator().manual_seed(9),
+                                 callback=lambda x: steps.append(x[:12]))
+    family_paths[lam] = torch.stack([x1[:12], *steps])
+    family_ratio[lam] = metrics.compare_to_floor(family[lam], ref0)
+    print(f"lambda={lam:.1f}: {family_ratio[lam]}")
+    assert family_ratio[lam].ratio < 1.35, (lam, family_ratio[lam])
+moved = float((family[0.0] - family[1.0]).norm(dim=1).mean())
+print(f"same start, different ends: mean distance between the lambda=0 and lambda=1 end points {moved:.2f} "
+      f"(data on a circle of radius 2)")
+config.record(nb04_lambda_family_sw_ratio_max=max(c.ratio for c in family_ratio.values()))
+
+# %%
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.6), layout="constrained")
+for ax, lam in zip(axes, family):
+    plotting.plot_density(mix.log_prob, ax=ax, cmap="Greys")
+    plotting.plot_samples(family[lam][:1500], ax=ax, s=1, alpha=0.35, color="C0")
+    plotting.plot_trajectories(family_paths[lam], ax=ax, n_paths=5, color="C3", alpha=0.8,
+                               title=f"$\\lambda$ = {lam:g}: SW/floor {family_ratio[lam].ratio:.2f}")
+fig.suptitle("dx = [f x - (1+$\\lambda^2$)/2 g$^2$ score] dt + $\\lambda$ g dW: same prior draws, same marginals, other paths")
+
+# %% [markdown]
+# All three members reach the data at the noise floor, while the paths from the same prior draws differ: the
+# PF-ODE ($\lambda=0$) glides, $\lambda=\tfrac12$ jitters a little, the reverse SDE ($\lambda=1$) most; their end points
+# lie on average the distance printed above apart. The marginals are pinned by the Fokker–Planck equation; the
+# joint law across times (which point goes where) is not. Larger $\lambda$ injects more noise and corrects more
+# drift, which forgives score errors but needs smaller steps (Exercise 4).
+#
+# **(§4.6, optional in the book.)** The monograph also derives the FPE and the reverse SDE without Itô calculus:
+# the FPE by marginalising the one-step Gaussian transition kernel of the forward process over $x_t$, and the reverse
+# drift by Bayes' rule, $p(x_t\mid x_{t+\Delta t}) \propto p(x_{t+\Delta t}\mid x_t)\,p_t(x_t)$, whose expansion to first order
+# in $\Delta t$ is a Gaussian with mean shifted by $g^2\nabla\log p_t\,\Delta t$: the $-g^2\nabla\log p_t$ of the reverse SDE.
+
+# %% [markdown]
+# ## 4. Continuous-time denoising score matching (§4.3)
 #
 # The score is learned by denoising score matching with $t$ drawn continuously, $t\sim\mathcal U[t_{\min}, 1]$
 # (Song et al. 2021, eq. 7):
@@ -267,7 +470,7 @@ widgets.explore(draw_three_dynamics, {"t": (0.0, 1.0, 0.01, 0.5)})
 # *How* $t$ is drawn is a free choice: for every $t$ the minimiser is the same, $\mathbb E[\varepsilon\mid x_t]$, and changing the density
 # of $t$ is the same as changing the weighting $\lambda(t)$ (Song, Durkan, Murray & Ermon 2021 and Kingma et al. 2021 use this
 # as importance sampling). With $t\sim\mathcal U[t_{\min},1]$ the VP schedule spends few draws at small $t$, where $p_t$ has sharp modes and
-# where the likelihood of Section 5 is decided. So half of each batch draws $t$ over the whole range and half in $[t_{\min}, 0.2]$:
+# where the likelihood of Section 6 is decided. So half of each batch draws $t$ over the whole range and half in $[t_{\min}, 0.2]$:
 # the distribution of training times is an argument of the loss (`losses.Stratified` gives each part an equal share of
 # every batch; Ch. 6 returns to $p_{\rm time}$ and $\lambda(t)$). (Try `time_distribution=losses.Uniform(vp.t_min, 1.0)`:
 # the samples still look fine, the likelihood gets much worse.)
@@ -283,7 +486,7 @@ train_data = lambda n, g: mix.sample(n, g)[0].float()
 ema_net, history = training.train(net, loss_fn, train_data, S["train_steps"], batch_size=S["batch"],
                                   lr=S["lr"], ema_decay=0.995, seed=0, desc="continuous-time DSM")
 model = targets.Denoiser(ema_net, "eps", vp)
-plotting.plot_loss(history)
+plotting.plot_loss(history);
 
 # %% [markdown]
 # How close is the learned score to the truth? On samples of $p_t$, the mean squared distance of $\hat\varepsilon$
@@ -301,22 +504,67 @@ with torch.no_grad():
         assert excess < 0.05, (t, excess)
 
 # %% [markdown]
-# ## 4. Three samplers against the noise floor
+# ## 5. Three samplers against the noise floor (§4.3)
 #
-# The same learned model, three ways to generate (Ch. 4): the reverse SDE (Euler–Maruyama,
-# `samplers.sample_euler_maruyama`), predictor–corrector with one Langevin corrector per step
-# (`samplers.sample_predictor_corrector`, two network evaluations per step), and the PF-ODE with Heun's
-# method (`samplers.sample_heun`, two evaluations per step). Each run draws $8000$ samples. (Section 2 ran the
-# reverse SDE and the PF-ODE with the exact score: at the floor, so what remains here is the learned score.)
+# The same learned model, three ways to generate (§4.3): the reverse SDE (Euler–Maruyama,
+# `samplers.sample_euler_maruyama`), predictor–corrector with one Langevin corrector per step (two network
+# evaluations per step), and the PF-ODE with Heun's method (`samplers.sample_heun`, two evaluations per step).
+# Each run draws $8000$ samples. (Section 2 ran the reverse SDE and the PF-ODE with the exact score: at the floor,
+# so what remains here is the learned score.)
+#
+# **Predictor–corrector** (Song et al. 2021, Alg. 1): after each reverse-SDE *predictor* step, a few Langevin
+# *corrector* steps at the new time pull the cloud back towards $p_{t}$ (Ch. 3's Langevin dynamics; MCMC at a fixed
+# noise level, the role annealed Langevin plays in NCSN). The corrector's step is set by a target signal-to-noise
+# ratio $r$ (Song et al. 2021, Algs. 4–5):
+# $$ \eta_i = 2\,\alpha_i\,\big(r\,\|z\|/\|\nabla\log p_{t_i}\|\big)^2, $$
+# norms averaged over the batch, where $\alpha_i = 1-\beta_i$ is DDPM's per-step signal factor for VP and $\alpha_i=1$ for
+# VE. On a general grid $\alpha_i = (\alpha_{t_i}/\alpha_{t_{i-1}})^2$, the squared signal ratio of the forward step
+# from the next lower grid time $t_{i-1}$ up to $t_i$ (it equals $1 - \beta_i$ of the DDPM chain on that grid). At the end,
+# Tweedie's formula returns $\mathbb E[x_0\mid x_{t_{\min}}]$.
+
+# %%
+def predictor_corrector(denoiser, x, grid, snr, generator):
+    """Song et al. (2021) Alg. 1: reverse-SDE predictor, one Langevin corrector with Algs. 4-5's step."""
+    sched = denoiser.schedule
+    n = len(grid) - 1
+    for i in range(n):
+        t, t_next = float(grid[i]), float(grid[i + 1])
+        dt = t_next - t
+        f, g2 = float(sched.f(t)), float(sched.g2(t))
+        # predictor: one reverse-SDE Euler–Maruyama step
+        x = x + (f * x - g2 * denoiser.score(x, t)) * dt
+        x = x + math.sqrt(g2 * -dt) * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        # corrector: one Langevin step on p_{t_next}
+        if i < n - 1:
+            alpha_i = float(sched.alpha(t_next) / sched.alpha(float(grid[i + 2]))) ** 2   # 1 - beta_i; 1 for VE
+            s = denoiser.score(x, t_next)
+            z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            eta = 2 * alpha_i * (snr * z.norm(dim=1).mean() / s.norm(dim=1).mean()) ** 2
+            x = x + eta * s + torch.sqrt(2 * eta) * z
+    return denoiser.x0(x, float(grid[-1]))
+
+# VE has alpha_i = 1, where the step is the one samplers.sample_predictor_corrector takes:
+grid_ve = schedules.uniform_grid(50, 1.0, 0.0)
+x1_ve = samplers.sample_prior(ve, (500, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+mine = predictor_corrector(mix.denoiser(ve), x1_ve, grid_ve, 0.16, torch.Generator().manual_seed(3))
+ref = samplers.sample_predictor_corrector(mix.denoiser(ve), x1_ve, grid_ve, n_corrector=1, snr=0.16,
+                                          generator=torch.Generator().manual_seed(3))
+torch.testing.assert_close(mine, ref)
+grid_pc = schedules.uniform_grid(S["pc_steps"], 1.0, vp.t_min)
+alphas_pc = (vp.alpha(grid_pc[1:-1]) / vp.alpha(grid_pc[2:])) ** 2
+print(f"inline predictor-corrector == samplers.sample_predictor_corrector on VE (alpha_i = 1); on this VP grid "
+      f"alpha_i runs from {float(alphas_pc.min()):.3f} (near t=1) to {float(alphas_pc.max()):.4f}")
+assert float(alphas_pc.min()) < 0.9     # on a coarse VP grid the factor is far from 1
 
 # %%
 runs = {
     "reverse SDE (EM)": (lambda d, x, g: samplers.sample_euler_maruyama(
         d, x, schedules.uniform_grid(S["em_steps"], 1.0, vp.t_min), generator=g), S["em_steps"]),
-    "predictor-corrector": (lambda d, x, g: samplers.sample_predictor_corrector(
-        d, x, schedules.uniform_grid(S["pc_steps"], 1.0, vp.t_min), generator=g), 2 * S["pc_steps"]),
+    "predictor-corrector": (lambda d, x, g: predictor_corrector(d, x, grid_pc, 0.16, g), 2 * S["pc_steps"]),
     "PF-ODE (Heun)": (lambda d, x, g: samplers.sample_heun(
         d, x, schedules.uniform_grid(S["ode_steps"], 1.0, vp.t_min)), 2 * S["ode_steps"]),
+    "PC without alpha_i (utils)": (lambda d, x, g: samplers.sample_predictor_corrector(
+        d, x, grid_pc, generator=g), 2 * S["pc_steps"]),
 }
 ref = lambda n, g: mix.sample(n, g)[0]
 samples, results = {}, {}
@@ -327,31 +575,54 @@ for name, (run, nfe) in runs.items():
     print(f"{name:22s} NFE {nfe:3d}: {results[name]}")
 for name, cmp in results.items():
     assert cmp.ratio < 1.5, (name, cmp)
-config.record(**{"nb04_" + name.split(" (")[0].replace(" ", "_").replace("-", "_").lower() + "_sw_ratio": float(cmp.ratio) for name, cmp in results.items()})
+config.record(**{"nb04_" + name.split(" (")[0].replace(" ", "_").replace("-", "_").lower() + "_sw_ratio": float(cmp.ratio) for name, cmp in results.items() if "utils" not in name})
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.9))
 plotting.plot_samples(x_data[:2000], ax=axes[0], s=1, title="data")
-for ax, (name, xs) in zip(axes[1:], samples.items()):
+for ax, (name, xs) in zip(axes[1:], list(samples.items())[:3]):
     plotting.plot_samples(xs[:2000], ax=ax, s=1, title=f"{name}: SW/floor {results[name].ratio:.2f}")
 fig.tight_layout()
 
 
 # %% [markdown]
 # All three samplers of the learned model land within a factor 1.5 of the noise floor. At this sample size ($n=400$
-# per chunk) the SW metric cannot tell the three apart well; the ODE needs the fewest evaluations.
+# per chunk) the SW metric cannot tell the three apart well; the ODE needs the fewest evaluations. The corrector
+# step with or without Song et al.'s $\alpha_i$ also lands at the floor here: the factor rescales the step that a
+# target $r$ gives, so it matters when $r$ is tuned (Song et al. tuned $r$ with it), not for this toy.
+# (`samplers.sample_predictor_corrector` takes the step without $\alpha_i$, exact for VE.)
 
 # %% [markdown]
-# ## 5. Exact likelihood through the PF-ODE (Ch. 4; Song et al. 2021, App. D)
+# ## 6. Exact likelihood through the PF-ODE (Ch. 4; Song et al. 2021, App. D)
 #
 # The PF-ODE is a continuous normalizing flow. Along a solution $x_t$ of $\dot x = v(x,t)$ the
 # **instantaneous change of variables** (Chen et al. 2018) gives $\frac{\mathrm{d}}{\mathrm{d}t}\log p_t(x_t) = -\nabla\!\cdot v(x_t, t)$, so integrating from data to noise
 # $$ \log p_{0}(x_0) = \log p_1(x_1) + \int_0^1 \nabla\!\cdot v(x_t,t)\,\mathrm{d}t . $$
 # We integrate the augmented state $(x_t, \int\nabla\!\cdot v)$ **upwards** in time from the data point, and
 # evaluate the prior $\mathcal N(0,\sigma_1^2 I)$ at the end. The divergence $\operatorname{tr}(\partial v/\partial x)$ is one
-# backward pass per dimension, two in 2D. Two details: for VP the velocity is singular where $\sigma_t=0$, so the
-# path starts at $t_{\min}=10^{-3}$ and what we compute is $\log p_{t_{\min}}$ (the oracle knows it exactly);
-# and uniform steps in log-SNR suit the stiff start of the path better than uniform steps in $t$.
+# backward pass per dimension, two in 2D. Two details. The path starts at $t_{\min}=10^{-3}$, so what we compute is
+# $\log p_{t_{\min}}$ (the oracle knows it exactly); and uniform steps in log-SNR suit the stiff start of the path
+# better than uniform steps in $t$. Why not start at $t=0$? Not because the PF-ODE's field must blow up there: the
+# mixture's $p_0$ is smooth, and its exact velocity $\dot\alpha\,\mathbb E[x_0|x] - \sigma\dot\sigma\,\nabla\log p_t$ is finite at
+# $t=0$ ($\sigma\dot\sigma = \tfrac12\beta\alpha^2$ under VP). The singularity is the $\varepsilon$-parameterisation's: the
+# network's velocity is $\tfrac{\dot\alpha}{\alpha}x + (\dot\sigma - \tfrac{\dot\alpha}{\alpha}\sigma)\,\hat\varepsilon$ with
+# $\dot\sigma \approx \beta_{\min}/(2\sigma_t) \to \infty$, so any error of $\hat\varepsilon$ is amplified by $1/\sigma_t$. (For data
+# without a density, images on a thin set for example, the true score itself blows up as $t\to0$.) On data points:
+
+# %%
+x_zero = mix.sample(2000, gen)[0]
+v0 = oracle.velocity(x_zero, 0.0)
+torch.testing.assert_close(v0, float(vp.f(0.0)) * x_zero - 0.5 * float(vp.g2(0.0)) * mix.score(x_zero))
+print(f"t=0: the oracle's velocity is finite (max |v| {float(v0.abs().max()):.2f}) and equals f x - g^2/2 score of p_0")
+v_err = {}
+with torch.no_grad():
+    for t in (1e-2, 1e-3, 1e-5):
+        v_err[t] = float((model.velocity(x_zero.float(), t).double() - oracle.velocity(x_zero, t)).norm(dim=1).mean())
+        print(f"t={t:g}: sigma_t {float(vp.sigma(t)):.1e}, mean |v_model - v_oracle| {v_err[t]:7.3f}, "
+              f"times sigma_t {v_err[t] * float(vp.sigma(t)):.4f}")
+assert bool(torch.isfinite(v0).all()) and v_err[1e-5] > 3 * v_err[1e-3], v_err
+
+# %% [markdown]
 # Written out with Euler steps:
 
 # %%
@@ -406,6 +677,8 @@ fig, ax = plt.subplots(figsize=(4.5, 3.6))
 ax.loglog(S["ll_steps"], errors, "o-", label="Heun, exact trace (oracle)")
 ax.loglog(S["ll_steps"], [errors[0] * (S["ll_steps"][0] / s) ** 2 for s in S["ll_steps"]], "k--", lw=0.8,
           label="slope -2")
+ax.set_xticks(S["ll_steps"], [str(s) for s in S["ll_steps"]])     # the step counts, no minor labels
+ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
 ax.set_xlabel("steps"); ax.set_ylabel("mean |error| (nats)"); ax.legend(); ax.set_title("PF-ODE likelihood error")
 fig.tight_layout()
 
@@ -508,6 +781,18 @@ for t_eps in (1e-3, 1e-2, 1e-1):
           f"vs log p_0 {float((lp - mix.log_prob(xs3)).abs().mean()):.4f} nats")
 
 # %% [markdown]
+# **Exercise 4 (larger $\lambda$).** Sample the $\lambda$-process with $\lambda = 2$ from the same prior draws, on the grid of
+# Section 3 and on one four times finer. Which grid does it need, and why? *Hint:* per step the noise is
+# $\lambda g\sqrt{|\Delta t|}$ and the score term is $\tfrac12(1+\lambda^2)g^2\nabla\log p_t\,|\Delta t|$.
+
+# %% tags=["solution"]
+for steps in (S["family_steps"], 4 * S["family_steps"]):
+    x_l2 = samplers.sample_euler_maruyama(oracle, x1, schedules.uniform_grid(steps, 1.0, 0.0), lam=2.0,
+                                          generator=torch.Generator().manual_seed(10))
+    print(f"lambda=2, {steps:4d} steps: {metrics.compare_to_floor(x_l2, ref0)}")
+print("per step the drift grows like (1 + lambda^2) and the noise like lambda: the grid that served lambda <= 1 is too coarse")
+
+# %% [markdown]
 # ## Summary
 #
 # * The forward SDE $\mathrm{d}x = f x\,\mathrm{d}t + g\,\mathrm{d}W$ with $f = \dot\alpha/\alpha$, $g^2 = \dot{(\sigma^2)} - 2f\sigma^2$ has the kernel's
@@ -515,8 +800,15 @@ for t_eps in (1e-3, 1e-2, 1e-1):
 # * Its time reversal needs only the score; the reverse SDE and the PF-ODE
 #   $\dot x = f x - \tfrac12 g^2\nabla\log p_t$ share the marginals $p_t$ with the forward SDE at every $t$ (three dynamics, one
 #   family of marginals).
+# * The reason is the Fokker–Planck equation (§4.2), which the exact mixture satisfies to finite-difference
+#   accuracy: written as a continuity equation its velocity is the PF-ODE's, and every
+#   $\mathrm{d}x = [f x - \tfrac12(1+\lambda^2) g^2\nabla\log p_t]\,\mathrm{d}t + \lambda g\,\mathrm{d}\bar W$ has the same marginals ($\lambda = 0, \tfrac12, 1$
+#   all sampled the mixture at the noise floor, along different paths). For Gaussian data everything is closed
+#   form: $m_t = \alpha_t m_0$, $v_t = \alpha_t^2 s_0^2 + \sigma_t^2$, and the PF-ODE keeps $(x_t - m_t)/\sqrt{v_t}$ fixed;
+#   Euler–Maruyama matched the moments within Monte-Carlo error, Heun the trajectories at second order.
 # * Continuous-time denoising score matching ($\varepsilon$-prediction = DSM with $\lambda = \sigma^2$) trained a model whose
-#   reverse-SDE, predictor–corrector and PF-ODE samples all reach the noise floor within the stated factor.
+#   reverse-SDE, predictor–corrector and PF-ODE samples all reach the noise floor within the stated factor. The
+#   corrector's step $\eta_i = 2\alpha_i (r\|z\|/\|\nabla\log p\|)^2$ carries $\alpha_i = 1-\beta_i$ for VP (Song et al. 2021, Algs. 4–5).
 # * The PF-ODE is a continuous normalizing flow: the instantaneous change of variables gives $\log p$ exactly
 #   up to the ODE error (second order for Heun, measured), with an exact trace in 2D or Hutchinson's unbiased
 #   estimator in high dimension.
