@@ -8,9 +8,11 @@
 # different coordinates. After this notebook you can
 #
 # * explain the **conditional trick** that makes every diffusion loss trainable, and write every
-#   loss as one regression onto $A_t x_0 + B_t \epsilon$ with a weighting $w(t)$;
+#   loss as one regression onto $A_t x_0 + B_t \epsilon$ with a weighting $w(t)$; see the sampling density of
+#   $t$ ($p_\text{time}$) as **importance sampling** of that same objective;
 # * train models on the four targets ($\epsilon$, $x_0$, score, velocity), **convert** each into the
-#   others, and see that they define **the same probability-flow ODE**;
+#   others, and see that they define **the same probability-flow ODE**, written in each of the four
+#   parameterisations down to the semilinear form Ch. 9 starts from;
 # * move a model trained under one noise schedule to **any other affine path** by a change of time
 #   and scale, and check it against the exact oracle;
 # * check the **continuity (Fokker–Planck) equation** $\partial_t p_t + \nabla\cdot(p_t v_t) = 0$
@@ -30,9 +32,9 @@ from utils import paths
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     "test": dict(hidden=64, depth=3, steps=1500, batch=256, lr=2e-3, t_lo=0.01, n_samples=8000,
-                 ode_steps=20, edm_steps=18, n_mc=20_000, fp_n=(41, 81, 161)),
+                 ode_steps=20, edm_steps=18, n_mc=20_000, fp_n=(41, 81, 161), n_is=100_000),
     "cpu": dict(hidden=128, depth=3, steps=4000, batch=256, lr=2e-3, t_lo=0.01, n_samples=8000,
-                ode_steps=40, edm_steps=18, n_mc=200_000, fp_n=(41, 81, 161)),
+                ode_steps=40, edm_steps=18, n_mc=200_000, fp_n=(41, 81, 161), n_is=200_000),
 })
 S
 
@@ -166,8 +168,21 @@ fig.tight_layout()
 
 
 # %% [markdown]
-# Measured in $\epsilon$-error, the $x_0$ loss weights high noise up to $10^4$ times more than low noise,
-# the score loss does the opposite ($1/\sigma_t^2$), and the ELBO sits in between. Training a raw
+# How far apart are these weightings? On VPLinear over the training range $t\in[0.01, 1]$:
+
+# %%
+w_x0 = (ss / aa) ** 2                                                  # the x0 loss's weight on the eps-error
+x0_span = float(w_x0[-1] / w_x0[0])
+print(f"x0 loss: w(0.01) = {float(w_x0[0]):.2e}, w(1) = {float(w_x0[-1]):.2e}: it weights t = 1 "
+      f"{x0_span:.1e} times more than t = 0.01, and {float(w_x0[-1]):.1e} times more than the eps loss does")
+print(f"score loss: 1/sigma^2 from {float(1 / ss[0] ** 2):.0f} down to {float(1 / ss[-1] ** 2):.2f}")
+assert 1e6 < x0_span < 1e8 and 1e4 < float(w_x0[-1]) < 1e5
+
+# %% [markdown]
+# Measured in $\epsilon$-error, the $x_0$ loss's weight $\sigma_t^2/\alpha_t^2$ spans about **seven orders of magnitude**
+# over $[0.01, 1]$: from $2\cdot10^{-3}$ at $t=0.01$ to $2\cdot10^{4}$ at $t=1$. The often-quoted $10^4$ is its ratio to the
+# $\epsilon$ loss's weight (which is 1) at $t=1$, not the spread across noise levels. The score loss does the opposite
+# ($1/\sigma_t^2$), and the ELBO sits in between. Training a raw
 # score network with $w=1$ would spend its capacity on the $1/\sigma_t$ blow-up near $t = 0$; we train
 # it with $\lambda(t)=\sigma_t^2$, Song et al.'s (2021) choice, which makes its loss *equal* to the
 # $\epsilon$ loss in expectation — yet the network still outputs a different quantity.
@@ -217,6 +232,106 @@ for ax, k in zip(axes, targets.TARGETS):
     plotting.plot_loss(histories[k], ax=ax, title=f"{k} target")
 fig.tight_layout()
 
+
+# %% [markdown]
+# ### Sampling $t$ is a weighting too: $p_\text{time}$ against $w(t)$ (§6.2)
+#
+# A loss is $\mathcal L = \int w(t)\,\ell(t)\,dt$ with $\ell(t)=\mathbb E_{x_0,\epsilon}\|f(x_t,t)-(A_tx_0+B_t\epsilon)\|^2$; a training
+# step estimates it from times drawn from some density $p_\text{time}$. Any $p$ that is positive where $w\ell$ is gives an
+# unbiased estimate by **importance sampling**,
+#
+# $$\mathcal L=\mathbb E_{t\sim p}\Big[\frac{w(t)}{p(t)}\,\ell(t)\Big],$$
+#
+# so only the product matters: training with $p_\text{time}=p$ and weight $w$ optimises the same objective as uniform
+# $t$ with weight $p\,w$. What the choice of $p$ changes is the **variance** of the estimate (and of its gradient):
+# the best $p$ is proportional to $w(t)\,\mathbb E[\ell_t^2]^{1/2}$, and a $p$ that is tiny where $w\ell$ is not produces huge
+# weights $w/p$. The check, on the trained $\epsilon$-network (fixed): the $\epsilon$ loss on $[t_{lo},1]$ ($w=1$), estimated with
+# `losses.Uniform(t_lo, 1)`, with EDM's `losses.LogNormal(sched)` and with `losses.LogitNormal` (Esser et al. 2024), each
+# through its `.sample` and `.density`. (LogNormal clamps its samples to $[t_\min,1]$; the clamped mass lies below $t_{lo}$,
+# where the integrand is 0.)
+
+# %%
+eps_net_fixed = models["eps"].net
+time_dists = {"Uniform(t_lo, 1)": losses.Uniform(S["t_lo"], 1.0), "LogNormal (EDM)": losses.LogNormal(sched),
+              "LogitNormal(0, 1.5)": losses.LogitNormal(0.0, 1.5), "LogitNormal(0, 1)": losses.LogitNormal(0.0, 1.0)}
+
+
+def is_estimate(p_time, n, generator, w=lambda t: torch.ones_like(t)):
+    """Per-sample importance-sampled terms w(t)/p(t) ||eps_hat - eps||^2 (mean over dims), t ~ p_time."""
+    t = p_time.sample(n, generator, dtype=torch.float64)
+    x0, eps = data_fn(n, generator), torch.randn(n, 2, dtype=torch.float64, generator=generator)
+    xt = sched.alpha(t)[:, None] * x0 + sched.sigma(t)[:, None] * eps
+    with torch.no_grad():
+        per = ((eps_net_fixed(xt.float(), t.float()).double() - eps) ** 2).mean(1)
+    inside = (t > S["t_lo"]) & (t < 1)
+    return torch.where(inside, w(t) / p_time.density(t) * per, torch.zeros_like(per))
+
+
+is_terms = {k: is_estimate(p, S["n_is"], torch.Generator().manual_seed(40 + i)) for i, (k, p) in enumerate(time_dists.items())}
+is_mean = {k: float(v.mean()) for k, v in is_terms.items()}
+is_se = {k: float(v.std()) / math.sqrt(len(v)) for k, v in is_terms.items()}
+for k, v in is_terms.items():
+    print(f"{k:20s} loss estimate {is_mean[k]:.4f} ± {is_se[k]:.4f}   per-sample std {float(v.std()):.3f}   "
+          f"largest weighted term {float(v.max()):8.1f}")
+ref_k = "Uniform(t_lo, 1)"
+for k in ("LogNormal (EDM)", "LogitNormal(0, 1.5)"):
+    z_is = abs(is_mean[k] - is_mean[ref_k]) / math.hypot(is_se[k], is_se[ref_k])
+    print(f"{k} vs uniform: difference {z_is:.2f} standard errors")
+    assert z_is < 4
+std_is = {k: float(v.std()) for k, v in is_terms.items()}
+assert std_is["LogNormal (EDM)"] < 0.9 * std_is[ref_k] < 0.9 * std_is["LogitNormal(0, 1.5)"]
+# LogitNormal(0, 1) has density ~1e-3 at t_lo = 0.01, where the eps-loss is largest: weights w/p near 1e3
+print(f"LogitNormal(0, 1) density at t_lo: {float(time_dists['LogitNormal(0, 1)'].density(S['t_lo'])):.1e}")
+assert float(is_terms["LogitNormal(0, 1)"].max()) > 20 * float(is_terms[ref_k].max())
+config.record(nb06_is_loss_uniform=is_mean[ref_k], nb06_is_loss_lognormal=is_mean["LogNormal (EDM)"])
+
+# %% [markdown]
+# Same objective, different variance. EDM's log-normal puts its mass where this network's $\epsilon$-error lives (small
+# $t$) and has the smallest spread; the wide logit-normal spends samples at large $t$ where the error is small. The
+# narrow `LogitNormal(0, 1)` is also unbiased, but its density at $t_{lo}$ is about $10^{-3}$, so rare small-$t$ draws
+# carry weights near $10^3$: its sample variance is dominated by draws a run of this size may or may not contain, and
+# its standard error cannot be trusted — which is why we do not assert on it. (In flow matching, where
+# LogitNormal is used, the velocity loss's own weight is small at the ends, and the product $p\,w$ is what is
+# trained.)
+#
+# ### The PF-ODE in four parameterisations (§6.3)
+#
+# Write $\lambda_t=\log(\alpha_t/\sigma_t)$ and $\lambda_t'=\alpha_t'/\alpha_t-\sigma_t'/\sigma_t$. Substituting $x_t=\alpha_t\hat x_0+\sigma_t\hat\epsilon$
+# and $\nabla\log p_t=-\hat\epsilon/\sigma_t$ into the velocity $\hat v=\alpha_t'\hat x_0+\sigma_t'\hat\epsilon$ gives the same ODE in each of the four
+# predictions, each as a linear term plus a nonlinear one:
+#
+# $$\frac{dx}{dt}=\hat v(x,t)
+#   =\frac{d\log\alpha_t}{dt}\,x-\sigma_t\lambda_t'\,\hat\epsilon(x,t)
+#   =\frac{d\log\alpha_t}{dt}\,x+\sigma_t^2\lambda_t'\,\nabla\log p_t(x)
+#   =\frac{d\log\sigma_t}{dt}\,x+\alpha_t\lambda_t'\,\hat x_0(x,t).$$
+#
+# The score form is the familiar $f(t)x-\tfrac12g(t)^2\nabla\log p_t$, with $f=d\log\alpha_t/dt$ and $\tfrac12g^2=-\sigma_t^2\lambda_t'$.
+# The $\epsilon$ form, $\frac{dx}{dt}=\frac{d\log\alpha_t}{dt}x-\sigma_t\lambda_t'\,\hat\epsilon$, is the **semilinear** ODE Ch. 9 starts
+# from (§9.1.2): its linear part is solved exactly by the integrating factor $\alpha_t$, and in the variable $\lambda$
+# only the $\hat\epsilon$ term is left to approximate (DDIM, DEIS, DPM-Solver); the $\hat x_0$ form, with linear part
+# $d\log\sigma_t/dt$, is where DPM-Solver++ starts. With the oracle, all four must be one vector field:
+
+# %%
+def pf_ode_forms(model, x, t, schedule):
+    """The PF-ODE right-hand side written with each of the four predictions (x: (B, 2), float t)."""
+    a, s, da, ds = (float(c) for c in schedule.coefficients(torch.tensor(t, dtype=torch.float64)))
+    lam_dot = da / a - ds / s
+    return {"eps": da / a * x - s * lam_dot * model.eps(x, t),
+            "score": da / a * x + s ** 2 * lam_dot * model.score(x, t),
+            "x0": ds / s * x + a * lam_dot * model.x0(x, t),
+            "velocity": model.velocity(x, t)}
+
+
+ode_checks = 0
+for t_c in (0.02, 0.1, 0.3, 0.6, 0.95):
+    x_c = mix.sample(500, torch.Generator().manual_seed(41), t=t_c, schedule=sched)[0]
+    forms = pf_ode_forms(oracle, x_c, t_c, sched)
+    ref_field = samplers.velocity_field(oracle)(x_c, t_c)[0]                   # what the samplers integrate
+    torch.testing.assert_close(forms["score"], float(sched.f(t_c)) * x_c - 0.5 * float(sched.g2(t_c)) * oracle.score(x_c, t_c))
+    for k, v in forms.items():
+        torch.testing.assert_close(v, ref_field, rtol=1e-6, atol=1e-6)
+        ode_checks += 1
+print(f"eps, score, x0 and velocity forms of the PF-ODE == the oracle's velocity field to 1e-6 ({ode_checks} checks)")
 
 # %% [markdown]
 # ### Converting between targets
@@ -438,15 +553,34 @@ assert errs[-1] < errs[0] / 4 and errs[-1] < 1e-2 * data_scale
 # Now a trained network: the $\epsilon$-model of Section 4 was trained under VPLinear only. Moved to
 # the EDM schedule, sampled with Heun on EDM's grid, it still produces the data — and, since the ODE
 # is the same, nearly the same points as its own VP sampling from the matching noise.
+#
+# **Counting the evaluations.** EDM's sampler makes $2N-1$ network calls for $N$ steps because its last step
+# lands on $\sigma=0$, where Heun's correction is undefined and the step stays Euler. Our grid stops at $t_{lo}>0$
+# instead (the same log-SNR as the VP runs), so every one of the $N$ steps is a full Heun step (2 calls) and the final
+# denoising $\hat x_0$ is one more: $2N+1$. A wrapper that counts the network's calls says so.
 
 # %%
-eps_on_edm = paths.reschedule(models["eps"], edm)
+class CountingNet(torch.nn.Module):
+    """Wraps a network and counts its calls (one call = one function evaluation, NFE)."""
+    def __init__(self, net):
+        super().__init__()
+        self.net, self.calls = net, 0
+
+    def forward(self, x, t):
+        self.calls += 1
+        return self.net(x, t)
+
+
+counting = CountingNet(models["eps"].net)
+eps_on_edm = paths.reschedule(targets.Denoiser(counting, "eps", sched), edm)
 x1 = c1.float() * z                                    # the EDM noise that corresponds to the VP noise z
 with torch.no_grad():
     x_edm = samplers.sample_heun(eps_on_edm, x1, edm_steps)
     x_edm = eps_on_edm.x0(x_edm, t_end_edm).double()
+nfe_edm = counting.calls
 fc_edm = metrics.compare_to_floor(x_edm, data_fn)
-print(f"eps model (trained on VPLinear) sampled on EDM, {2 * S['edm_steps'] - 1} NFE: {fc_edm}")
+print(f"eps model (trained on VPLinear) sampled on EDM, {S['edm_steps']} Heun steps: {nfe_edm} network calls; {fc_edm}")
+assert nfe_edm == 2 * S["edm_steps"] + 1
 vp_grid = torch.linspace(float(t1_old), S["t_lo"], S["ode_steps"] + 1, dtype=torch.float64)
 with torch.no_grad():
     x_vp = models["eps"].x0(samplers.sample_heun(models["eps"], z, vp_grid), S["t_lo"]).double()
@@ -637,8 +771,13 @@ for t4 in (0.05, 0.95):
 # * Every diffusion loss is one regression, $\mathbb E\,w(t)\,\|f(x_t,t) - (A_t x_0 + B_t\epsilon)\|^2$; the
 #   conditional trick makes it trainable, and the choice of target is a choice of weighting
 #   (measured: the gap $\mathcal L_{\text{cond}}-\mathcal L_{\text{marg}}$ was the same for three predictors).
+# * Sampling $t$ from $p_\text{time}$ and weighting by $w(t)$ are one choice: $\mathbb E_{t\sim p}[w\ell/p]$ is the same objective
+#   for every $p$ (measured: Uniform, EDM's LogNormal and a LogitNormal agree within Monte Carlo error), and $p$ sets
+#   only the variance. The $x_0$ loss's weight on the $\epsilon$-error spans about $10^7$ over $t\in[0.01,1]$.
 # * Four models trained on $\epsilon$, $x_0$, score and velocity answer all four questions after
-#   conversion, and their PF-ODEs carry the same noise to (nearly) the same samples.
+#   conversion, and their PF-ODEs carry the same noise to (nearly) the same samples. The PF-ODE itself can be
+#   written with any of the four predictions; its $\epsilon$ form $\frac{dx}{dt}=\frac{d\log\alpha_t}{dt}x-\sigma_t\lambda_t'\hat\epsilon$ is the
+#   semilinear ODE of Ch. 9 (all four forms equal the oracle's field to $10^{-6}$).
 # * All affine paths are one path up to a change of time (equal log-SNR) and scale: the VP oracle moved
 #   to EDM *is* EDM's oracle, and a VP-trained network samples well on EDM's grid.
 # * The continuity equation $\partial_t p_t + \nabla\cdot(p_t v_t)=0$ is what ties a velocity field to
