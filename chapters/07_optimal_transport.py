@@ -14,8 +14,12 @@
 #   and to the independent coupling as $\varepsilon \to \infty$;
 # - train flow matching with the **minibatch-OT coupling** instead of the independent one and measure
 #   the straighter paths and the one-step Euler quality it buys;
-# - answer "is the probability-flow ODE map the OT map?" in the one case where both are closed form:
-#   Gaussians.
+# - answer "is the probability-flow ODE map the OT map?" (§7.5): yes for Gaussian data and the $N(0, I)$
+#   prior, no in general, shown without sampling noise by the **Jacobian of the exact PF-ODE map** of a 2D
+#   mixture (a Brenier map has a symmetric Jacobian; this one does not) and by the book's figure, the PF-ODE
+#   pairing of $n$ points against their exact assignment (§7.5.1);
+# - state Monge's problem and the Benamou–Brenier formula, and show that **Reflow** lowers the transport
+#   cost but can stop at a straight coupling that is not OT, on Gaussians where $W_2$ is closed form (§7.5.2).
 #
 # Prerequisites: Ch. 4 (the PF-ODE) and Ch. 5 (flow matching on the linear path); `05_flow_matching`.
 # The new reference code lives in `utils/ot.py`.
@@ -26,12 +30,12 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import math, itertools, torch, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import ot
+from utils import ot, flows, flowmaps
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
-    "test": dict(n_cloud=64, fm_steps=1200, fm_batch=256, fm_hidden=128, fm_ema=0.99, n_w2=1000, n_floor=8000, ode_steps=50),
-    "cpu":  dict(n_cloud=128, fm_steps=6000, fm_batch=256, fm_hidden=128, fm_ema=0.995, n_w2=1000, n_floor=8000, ode_steps=100),
-    "gpu":  dict(n_cloud=128, fm_steps=6000, fm_batch=256, fm_hidden=128, fm_ema=0.995, n_w2=2000, n_floor=8000, ode_steps=100),
+    "test": dict(n_jac=200, jac_steps=256, n_pair=200, n_cloud=64, fm_steps=1200, fm_batch=256, fm_hidden=128, fm_ema=0.99, n_w2=1000, n_floor=8000, ode_steps=50),
+    "cpu":  dict(n_jac=400, jac_steps=256, n_pair=300, n_cloud=128, fm_steps=6000, fm_batch=256, fm_hidden=128, fm_ema=0.995, n_w2=1000, n_floor=8000, ode_steps=100),
+    "gpu":  dict(n_jac=400, jac_steps=256, n_pair=300, n_cloud=128, fm_steps=6000, fm_batch=256, fm_hidden=128, fm_ema=0.995, n_w2=2000, n_floor=8000, ode_steps=100),
 })
 S
 
@@ -71,9 +75,12 @@ torch.testing.assert_close(ot.w2(x_small, y_small) ** 2, best_cost, rtol=1e-12, 
 # %% [markdown]
 # The picture to keep in mind: the OT assignment between moons (data) and the eight Gaussians (the source
 # used in Sec. 4) has no crossing lines; a random pairing, the *independent coupling* that plain flow
-# matching and diffusion use, crosses everywhere. An optimal assignment is *cyclically monotone*: no swap
-# of two partners lowers the cost, $\|x_i - y_{\sigma(i)}\|^2 + \|x_j - y_{\sigma(j)}\|^2 \le \|x_i - y_{\sigma(j)}\|^2 + \|x_j - y_{\sigma(i)}\|^2$
-# for every pair $i, j$, which the cell checks.
+# matching and diffusion use, crosses everywhere. An optimal assignment is *cyclically monotone*: no cyclic
+# shift of partners along any cycle $i_1 \to i_2 \to \dots \to i_k \to i_1$ lowers the cost. The cell checks
+# only the cycles of length 2 (no swap of two partners lowers the cost,
+# $\|x_i - y_{\sigma(i)}\|^2 + \|x_j - y_{\sigma(j)}\|^2 \le \|x_i - y_{\sigma(j)}\|^2 + \|x_j - y_{\sigma(i)}\|^2$ for every pair):
+# a necessary condition, not cyclical monotonicity itself, which needs cycles of every length (the
+# assignment solver's optimality is what guarantees those).
 
 # %%
 n = S["n_cloud"]
@@ -164,13 +171,47 @@ gaps = torch.tensor([c - cost_ot for c in costs])
 slope = float(torch.diff(gaps[-3:].log()).sum() / torch.diff(torch.tensor(eps_grid[-3:]).log()).sum())
 print(f"gap at the smallest eps: {gaps[-1]:.4f} = {gaps[-1] / cost_ot:.2%} of W2^2; "
       f"log-log slope of the gap over the three smallest eps: {slope:.2f}")
-assert gaps[-1] < 0.02 * cost_ot and slope > 0.7          # the gap closes about linearly in eps
+assert gaps[-1] < 0.02 * cost_ot and slope > 0.7          # on this grid the gap closes about linearly in eps
 assert rows[0]["to_indep"] < 0.5 * rows[-1]["to_indep"]   # large eps: close to a b^T
 assert cost_indep - costs[0] < 0.5 * (cost_indep - cost_ot)
 
-fig, ax = plt.subplots(figsize=(4.5, 3.3))
-ax.loglog(eps_grid, [c - cost_ot for c in costs], "o-")
-ax.set_xlabel("epsilon"); ax.set_ylabel("<C, P_eps> - W2^2"); ax.set_title("entropic cost -> OT cost")
+# %% [markdown]
+# **Linear, then exponential.** The near-linear closing above is the *sampled* regime: with 64 points per
+# cloud many assignments cost almost as little as the best one, and $\varepsilon$ is large against those
+# differences. For a fixed discrete problem with a unique optimal assignment, once $\varepsilon$ falls well
+# below the cost gap $\Delta$ to the next-best vertex, the plan converges **exponentially** fast
+# (Cominetti & San Martín 1994), not linearly. The smallest case shows it in closed form: two points per
+# side, couplings $P = \begin{pmatrix} a & \tfrac12 - a \\ \tfrac12 - a & a\end{pmatrix}$; setting the derivative of
+# $\langle C, P\rangle - \varepsilon H(P)$ to zero gives $a / (\tfrac12 - a) = e^{\Delta / (2\varepsilon)}$ with
+# $\Delta = C_{12} + C_{21} - C_{11} - C_{22}$, so the excess cost is
+# $\Delta\,(\tfrac12 - a) = \Delta / \big(2 (1 + e^{\Delta/(2\varepsilon)})\big) \approx \tfrac{\Delta}{2} e^{-\Delta/(2\varepsilon)}$.
+# The cell checks `ot.sinkhorn` against it and fits the slope of $\log(\text{gap})$ against $1/\varepsilon$.
+
+# %%
+x2p = torch.tensor([[0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
+y2p = torch.tensor([[0.2, 1.0], [1.1, 0.9]], dtype=torch.float64)
+C2p = ot.sq_cost(x2p, y2p)
+Delta = float(C2p[0, 1] + C2p[1, 0] - C2p[0, 0] - C2p[1, 1])           # > 0: the identity is optimal
+eps_small = [0.5, 0.3, 0.2, 0.15, 0.12]
+gap2 = []
+for eps in eps_small:
+    P = ot.sinkhorn(x2p, y2p, epsilon=eps, tol=1e-10, max_iter=100_000)
+    gap2.append(ot.plan_cost(P, x2p, y2p) - float(C2p[0, 0] + C2p[1, 1]) / 2)
+    closed = Delta / (2 * (1 + math.exp(Delta / (2 * eps))))
+    print(f"eps={eps:5.2f}  gap (Sinkhorn) {gap2[-1]:.3e}   closed form {closed:.3e}")
+    assert abs(gap2[-1] - closed) < 1e-3 * closed + 1e-10
+inv_eps = torch.tensor([1 / e for e in eps_small], dtype=torch.float64)
+rate = float(torch.diff(torch.tensor(gap2).log())[-2:].sum() / torch.diff(inv_eps)[-2:].sum())
+print(f"Delta = {Delta:.3f}; slope of log(gap) in 1/eps over the smallest eps: {rate:.3f} (theory -Delta/2 = {-Delta / 2:.3f})")
+assert abs(rate + Delta / 2) < 0.05 * Delta / 2                      # exponential: log gap linear in 1/eps
+
+fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+axes[0].loglog(eps_grid, [c - cost_ot for c in costs], "o-")
+axes[0].set_xlabel("epsilon"); axes[0].set_ylabel("<C, P_eps> - W2^2")
+axes[0].set_title(f"{n} points per cloud: about linear in eps")
+axes[1].semilogy(inv_eps.numpy(), gap2, "o-", label="Sinkhorn")
+axes[1].semilogy(inv_eps.numpy(), [Delta / 2 * math.exp(-Delta / (2 * e)) for e in eps_small], "k--", label="(Delta/2) exp(-Delta/(2 eps))")
+axes[1].set_xlabel("1 / epsilon"); axes[1].set_title("2 points per side: exponential in 1/eps"); axes[1].legend(fontsize=9)
 fig.tight_layout()
 
 
@@ -320,9 +361,17 @@ for coupling in ["independent", "ot"]:
 # function of $x_t$, so its floor (the conditional variance) is close to zero, while the independent
 # coupling leaves an irreducible variance. That is the whole point.
 #
-# **Straightness.** We integrate each learned ODE with many Euler steps and measure, per trajectory,
-# path length over end-to-end distance ($1$ for a straight line), and how far a single Euler step lands
-# from the many-step endpoint.
+# **Straightness, two measures.** We integrate each learned ODE with many Euler steps and measure, per
+# trajectory, the **path length over the chord** $L / \|x_1 - x_0\|$ ($1$ for a straight line, blind to
+# speed), and how far a single Euler step lands from the many-step endpoint. Ch. 5 uses Liu et al.'s
+# $S = \int_0^1 \|v_t\|^2 dt - \|x_1 - x_0\|^2$ (`utils.flows.straightness`), which also charges changes of
+# speed. They are tied by Cauchy–Schwarz, $L^2 = (\int_0^1 \|v_t\| dt)^2 \le \int_0^1 \|v_t\|^2 dt$, so
+#
+# $$S \;\ge\; \|x_1 - x_0\|^2 \big((L / \|x_1 - x_0\|)^2 - 1\big),$$
+#
+# with equality for paths run at constant speed: $S = 0$ forces $L$ = chord, while $L$ = chord allows $S > 0$
+# (a straight path at varying speed). The same inequality holds step by step for recorded Euler paths; the
+# cell checks it on every trajectory.
 
 # %%
 g = torch.Generator().manual_seed(10)
@@ -339,12 +388,14 @@ for coupling, (model, _) in fm.items():
     length = (xs[1:] - xs[:-1]).norm(dim=-1).sum(0)
     chord = (xs[-1] - xs[0]).norm(dim=-1)
     x_one = samplers.sample_euler(model, x1_eval, torch.tensor([1.0, 0.0]))
-    res[coupling] = dict(xs=xs, x_one=x_one,
+    liu_S = flows.straightness(xs.double(), rec.ts)                          # Liu's S, per path
+    assert (liu_S >= length.double() ** 2 - chord.double() ** 2 - 1e-4 * (1 + length.double() ** 2)).all()   # S >= L^2 - chord^2
+    res[coupling] = dict(xs=xs, x_one=x_one, liu_S=float(liu_S.mean()),
                          straightness=float((length / chord.clamp_min(1e-6)).mean()),
                          one_vs_fine=float((x_one - x_fine).norm(dim=1).mean()),
                          w2_one=ot.w2(x_one, ref_a), w2_fine=ot.w2(x_fine, ref_a))
 for c, r in res.items():
-    print(f"{c:12s} path length / chord = {r['straightness']:.3f}   |one-step - {S['ode_steps']}-step| = "
+    print(f"{c:12s} path length / chord = {r['straightness']:.3f}   Liu's S = {r['liu_S']:.4f}   |one-step - {S['ode_steps']}-step| = "
           f"{r['one_vs_fine']:.3f}   W2(1 Euler step) = {r['w2_one']:.3f}   "
           f"W2({S['ode_steps']} steps) = {r['w2_fine']:.3f}")
 print(f"data-vs-data W2 floor at n={S['n_w2']}: {w2_floor:.3f}")
@@ -395,11 +446,33 @@ fig.tight_layout()
 # solution) reproduced, but not its absolute values.
 
 # %% [markdown]
-# ## 5. Is the PF-ODE map the OT map?
+# ## 5. Is the PF-ODE map an OT map? (§7.5)
+#
+# **Monge's problem.** Among maps $T$ that push $\mu$ to $\nu$ ($T_\# \mu = \nu$), find the cheapest,
+#
+# $$\min_{T:\ T_\#\mu = \nu} \ \mathbb{E}_{x \sim \mu} \|T(x) - x\|^2 ;$$
+#
+# Kantorovich's problem (Sec. 1) relaxes maps to couplings, and when $\mu$ has a density both have the same
+# value $W_2^2$ and the same solution: **Brenier's theorem** says the optimal map is unique and is the
+# gradient of a convex function, $T = \nabla\varphi$. Its Jacobian $\nabla^2\varphi$ is therefore symmetric
+# positive semi-definite everywhere.
+#
+# **Benamou–Brenier** (the dynamic form) minimises kinetic energy over flows that carry $\mu$ to $\nu$:
+#
+# $$W_2^2(\mu, \nu) = \min_{(\rho_t, v_t)} \int_0^1 \!\!\int \|v_t(x)\|^2 \rho_t(x)\, dx\, dt
+#   \quad\text{s.t.}\quad \partial_t \rho_t + \nabla\cdot(\rho_t v_t) = 0,\ \rho_0 = \mu,\ \rho_1 = \nu ,$$
+#
+# attained by the displacement interpolation: straight lines at constant speed along the OT map. So every
+# flow, the PF-ODE included, has kinetic energy at least $W_2^2$; with Liu's straightness (Sec. 4),
+# kinetic energy $= S + \mathbb{E}\|T(x) - x\|^2$, and equality needs **both** straight paths ($S = 0$) **and**
+# an optimal pairing. Sec. 5.4 finds a flow with the first and not the second.
 #
 # The PF-ODE (or flow-matching ODE) integrated from $t=1$ to $t=0$ is a deterministic map $T$ from the
 # prior to the data. Is it the OT map? Khrulkov & Oseledets (2022) conjectured so for diffusion models;
-# Lavenant & Santambrogio (2022) showed that in general it is not. Gaussians make the question exact.
+# Lavenant & Santambrogio (2022) showed that in general it is not. Gaussians make the question exact
+# (5.1); a Gaussian mixture, the exact oracle and autograd answer it without sampling noise (5.2, 5.3).
+#
+# ### 5.1 Gaussians
 #
 # **(a) Gaussian data, the book's prior $N(0, I)$.** For data $N(m, \Sigma)$ on the linear path,
 # $p_t = N\big((1-t)m,\ (1-t)^2\Sigma + t^2 I\big)$. All these covariances share $\Sigma$'s eigenvectors, so in that
@@ -486,12 +559,220 @@ assert abs(gap["isotropic source"]) < 1e-10        # they coincide
 config.record(nb07_pf_ode_vs_ot_excess_cost=float(gap["non-isotropic source"]))
 
 # %% [markdown]
-# So: with the isotropic prior of diffusion models, Gaussian data give no counterexample (the map is the
-# OT map); as soon as source and data covariances do not commute, the flow's map pays a strictly higher
-# cost than $W_2^2$. For non-Gaussian data and the $N(0, I)$ prior the map is in general not OT either
-# (Lavenant & Santambrogio 2022), though on the 2D mixtures of `utils.data.toy_gmm` the excess is too
-# small to see with a few hundred samples. Minibatch OT (Sec. 4) and Reflow (Liu et al. 2023; Ch. 11) are two
-# ways to bring the learned map closer to the OT map.
+# So with the isotropic prior of diffusion models, Gaussian data give no counterexample (the map is the OT
+# map); as soon as source and data covariances do not commute, the flow's map pays a strictly higher cost
+# than $W_2^2$, and its matrix $M$ is not symmetric, which is the Brenier test in its simplest form.
+#
+# ### 5.2 The PF-ODE map of a mixture is not a gradient (§7.5.1)
+#
+# For non-Gaussian data and the $N(0, I)$ prior there is no closed form, but the Brenier test still applies
+# pointwise: if $T$ were an OT map, its Jacobian $J(z) = \partial T / \partial z$ would be symmetric at every $z$.
+# We compute $J$ exactly up to solver error: the oracle's exact velocity, a fine RK4 solve on the grid of
+# `utils.flowmaps.ExactFlowMap` (whose value we reproduce), and autograd through every step. The data: two
+# thin Gaussian bars at right angles (a horizontal one at $(-2, 1)$, a vertical one at $(2, -1)$), the linear
+# path. We report $\|J - J^\top\|_F / \|J\|_F$ and measure the solver error the same way, by halving the number
+# of steps.
+#
+# The velocity is a gradient at every fixed $t$ ($v_t = a_t x + b_t \nabla \log p_t$), so $J$ obeys
+# $\dot J = H_t J$ with $H_t$ symmetric; $J$ stays symmetric only if the $H_t$ along a path commute, which
+# fails as soon as the path turns from the influence of one bar to the other.
+
+# %%
+def rotation(a):
+    return torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=torch.float64)
+
+def bar(angle, long=1.0, thin=0.02):
+    """Covariance of a thin Gaussian bar: variance `long` along `angle`, `thin` across."""
+    return rotation(angle) @ torch.diag(torch.tensor([long, thin], dtype=torch.float64)) @ rotation(angle).T
+
+bars = gmm.GaussianMixture([[-2.0, 1.0], [2.0, -1.0]], torch.stack([bar(0.0), bar(math.pi / 2)]))
+bars_oracle = bars.denoiser(path)
+
+def pf_ode_map(model, z, n_steps):
+    """T(z) = x0: the PF-ODE from t = 1 to t = 0 by RK4 on ExactFlowMap's grid, differentiable in z."""
+    one = torch.ones(z.shape[0], dtype=torch.float64)
+    grid = flowmaps.ExactFlowMap(model, n_steps).times(one, 0 * one)       # (n_steps + 1, B)
+    field = lambda x, u: (model.velocity(x, u), None)
+    xs = [z]
+    for i in range(n_steps):
+        xs.append(samplers.rk4_step(field, xs[-1], grid[i], grid[i + 1])[0])
+    return xs[-1], torch.stack(xs), grid
+
+def pf_ode_jacobian(model, z, n_steps):
+    """J: (B, 2, 2) with J[b, i, j] = d T_i / d z_j, by autograd through the solve."""
+    z = z.clone().requires_grad_(True)
+    x = pf_ode_map(model, z, n_steps)[0]
+    J = torch.stack([torch.autograd.grad(x[:, i].sum(), z, retain_graph=True)[0] for i in range(2)], dim=1)
+    return x.detach(), J
+
+z_jac = torch.randn(S["n_jac"], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(30))
+n_fine = S["jac_steps"]
+x_half, J_half = pf_ode_jacobian(bars_oracle, z_jac, n_fine // 2)
+x_jac, J_jac = pf_ode_jacobian(bars_oracle, z_jac, n_fine)
+torch.testing.assert_close(x_jac, flowmaps.ExactFlowMap(bars_oracle, n_fine)(z_jac, 1.0, 0.0))  # the same solve
+asym = ot.jacobian_asymmetry(J_jac)
+solver_err = (J_jac - J_half).flatten(1).norm(dim=1) / J_jac.flatten(1).norm(dim=1)
+print(f"bars: ||J - J^T|| / ||J|| over {len(z_jac)} points: median {asym.median():.3f}, max {asym.max():.3f}")
+print(f"      solver error of J (steps {n_fine // 2} vs {n_fine}): median {solver_err.median():.1e}, "
+      f"max {solver_err.max():.1e}")
+assert asym.median() > 20 * solver_err.max()                  # not symmetric, far beyond the solver error
+assert (asym > 100 * solver_err).float().mean() > 0.9
+config.record(nb07_pf_ode_jacobian_asymmetry_median=float(asym.median()))
+
+# %% [markdown]
+# **Two controls.** The same code on one anisotropic Gaussian (the data of 5.1 (a), where the PF-ODE map *is*
+# the OT map $m + \Sigma^{1/2} z$) gives a symmetric positive definite Jacobian up to solver error; and the
+# Jacobian of the Gaussian OT map of 5.1 (b), taken by autograd as well, is symmetric positive definite
+# (the Hessian of $\varphi(x) = \tfrac12 (x - m_1)^\top A (x - m_1) + m_0^\top x$), while the flow's map there is not.
+
+# %%
+one_gauss = gmm.GaussianMixture(m_data[None], torch.tensor([[2.0, 0.9], [0.9, 0.6]], dtype=torch.float64)[None])
+_, J_one = pf_ode_jacobian(one_gauss.denoiser(path), z_jac[:50], n_fine)
+asym_one = ot.jacobian_asymmetry(J_one)
+print(f"one Gaussian: max ||J - J^T|| / ||J|| = {asym_one.max():.1e}; "
+      f"J vs Sigma^1/2: {float((J_one - ot.sqrtm_psd(one_gauss.covs[0])).abs().max()):.1e}")
+assert asym_one.max() < 1e-6 and asym.median() > 1e4 * asym_one.max()
+
+A_ot = ot.gaussian_ot_map(m1, S1, m0, S0)
+brenier = lambda x: m0 + (x - m1) @ A_ot                    # the OT map N(m1, S1) -> N(m0, S0)
+flow = lambda x: m0 + (x - m1) @ fm_gaussian_map(m1, S1, m0, S0).T
+x_probe = m1 + torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(31))
+for name, T in [("Brenier (OT) map", brenier), ("flow map, 5.1 (b)", flow)]:
+    J_T = torch.func.vmap(torch.func.jacfwd(lambda v: T(v[None])[0]))(x_probe)
+    print(f"{name:18s} ||J - J^T|| / ||J|| = {float(ot.jacobian_asymmetry(J_T).max()):.2e}, "
+          f"eigenvalues of (J + J^T)/2 >= {float(torch.linalg.eigvalsh((J_T + J_T.mT) / 2).min()):.3f}")
+    if T is brenier:
+        assert ot.jacobian_asymmetry(J_T).max() < 1e-12 and torch.linalg.eigvalsh(J_T).min() > 0
+    else:
+        assert ot.jacobian_asymmetry(J_T).min() > 0.05
+
+# %% [markdown]
+# ### 5.3 The book's figure: the PF-ODE pairing against the exact assignment (§7.5.1)
+#
+# Push $n$ prior points $z_i$ through the PF-ODE and pair each with its own image, $(z_i, T(z_i))$. If $T$ were
+# an OT map, these pairs would lie in the support of an optimal plan, which is cyclically monotone, so the
+# identity would be an *optimal* assignment between $\{z_i\}$ and $\{T(z_i)\}$, at any $n$. Hence an exact
+# assignment (`utils.ot`) that is strictly cheaper certifies that $T$ is not OT, with no sampling error
+# involved; the only error is the solver's, which we bound by halving the steps again. Along the way,
+# Benamou–Brenier's chain: each path's kinetic energy (the discrete $\sum_k \|\Delta x_k\|^2 / \Delta t_k$ on the
+# solver grid) is at least $\|T(z_i) - z_i\|^2$, and the pairing's mean cost at least the assignment's.
+
+# %%
+def pairing_vs_assignment(model, z, n_steps):
+    x, xs, grid = pf_ode_map(model, z, n_steps)
+    kinetic = ((xs[1:] - xs[:-1]) ** 2).sum(-1).div((grid[1:] - grid[:-1]).abs()).sum(0)    # (B,)
+    pair_cost = ((x - z) ** 2).sum(1)
+    perm = ot.ot_assignment(z, x)
+    return dict(x=x, perm=perm, kinetic=kinetic, pf=float(pair_cost.mean()),
+                exact=float(((x[perm] - z) ** 2).sum(1).mean()), pair_cost=pair_cost)
+
+z_fig = torch.randn(S["n_pair"], 2, dtype=torch.float64, generator=torch.Generator().manual_seed(32))
+pairing = {}
+for name, model in [("bars", bars_oracle), ("8gaussians", data.toy_gmm("8gaussians").denoiser(path))]:
+    r, r_half = (pairing_vs_assignment(model, z_fig, k) for k in (n_fine, n_fine // 2))
+    r["solver"] = abs((r["pf"] - r["exact"]) - (r_half["pf"] - r_half["exact"]))
+    pairing[name] = r
+    print(f"{name:10s} n={len(z_fig)}: PF-ODE pairing cost {r['pf']:.5f}, exact assignment {r['exact']:.5f}, "
+          f"gap {r['pf'] - r['exact']:.2e} (solver error of the gap {r['solver']:.1e}); "
+          f"{int((r['perm'] != torch.arange(len(z_fig))).sum())} points re-paired; mean kinetic energy {r['kinetic'].mean():.4f}")
+    assert (r["kinetic"] >= r["pair_cost"] - 1e-9).all() and r["pf"] >= r["exact"] - 1e-12
+rb = pairing["bars"]
+assert rb["pf"] - rb["exact"] > 100 * rb["solver"] and rb["pf"] - rb["exact"] > 1e-3 * rb["exact"]
+config.record(nb07_pf_ode_pairing_excess_bars=float(rb["pf"] - rb["exact"]))
+
+fig, axes = plt.subplots(1, 3, figsize=(15, 5))
+x_b, perm_b = rb["x"], rb["perm"]
+moved = perm_b != torch.arange(len(z_fig))
+for ax, partner, title in [(axes[0], torch.arange(len(z_fig)), f"PF-ODE pairing: cost {rb['pf']:.4f}"),
+                           (axes[1], perm_b, f"exact assignment: cost {rb['exact']:.4f}")]:
+    for i in range(len(z_fig)):
+        j = int(partner[i])
+        ax.plot([z_fig[i, 0], x_b[j, 0]], [z_fig[i, 1], x_b[j, 1]],
+                color="C3" if moved[i] else "0.75", lw=0.8 if moved[i] else 0.5)
+    plotting.plot_samples(z_fig, ax=ax, s=8, alpha=1, color="C0", label="prior z (t=1)")
+    plotting.plot_samples(x_b, ax=ax, s=8, alpha=1, color="k", title=title, label="T(z) (t=0)")
+axes[0].legend(loc="lower left", fontsize=9)
+sc = axes[2].scatter(z_jac[:, 0], z_jac[:, 1], c=asym, s=14, cmap="viridis")
+axes[2].set_aspect("equal"); axes[2].set_title("||J - J^T|| / ||J|| at the prior point z")
+fig.colorbar(sc, ax=axes[2], shrink=0.8)
+fig.suptitle("bars: red lines are pairs the exact assignment changes", fontsize=11)
+fig.tight_layout()
+
+# %% [markdown]
+# On the bars, the exact assignment re-pairs a good share of the points and is strictly cheaper, by far more
+# than the solver error: the PF-ODE map is not an OT map. On the eight Gaussians (`utils.data.toy_gmm`) the
+# same test at this $n$ finds a gap at most at the solver's level (printed above): the PF-ODE pairing of a few
+# hundred points is already cyclically monotone there, even though the map is not OT (its Jacobian is not
+# symmetric either, Exercise 5). Sampled pairings are a blunt test; the Jacobian is a sharp one.
+#
+# ### 5.4 Reflow lowers the cost but need not reach OT (§7.5.2)
+#
+# Reflow (Ch. 5, §5.4; Liu et al. 2023) replaces a coupling by the one its rectified flow computes. For the
+# squared cost (indeed every convex cost) this never raises the transport cost, and it makes the coupling
+# *straight*: its own rectified flow runs along the straight segments, so Reflowing again changes nothing.
+# But a straight coupling need not be optimal. (The monograph's §7.5.2, like its §5.3–5.4, runs time with
+# the data at $t = 1$; here data sit at $t = 0$.)
+#
+# Gaussians make all of it exact. For a jointly Gaussian coupling $(X_0, X_1)$ the rectified-flow velocity is
+# the Gaussian conditional mean $v_t(x) = \mathbb E[X_1 - X_0 \mid X_t = x]$, affine in $x$
+# (`ot.gaussian_coupling_velocity`), and its flow map is affine (`ot.gaussian_rectified_map`, RK4). Start
+# from the independent coupling of the non-isotropic source and the data of 5.1 (b): 1-RF is the flow map
+# $M$ found there; 2-RF and 3-RF Reflow the coupling $(m_0 + M(X_1 - m_1), X_1)$ again.
+
+# %%
+Z2 = torch.zeros(2, 2, dtype=torch.float64)
+maps = {"1-RF": ot.gaussian_rectified_map(m0, m1, S0, Z2, S1)}            # from the independent coupling
+torch.testing.assert_close(maps["1-RF"][0], fm_gaussian_map(m1, S1, m0, S0), atol=1e-8, rtol=0)
+for k in (2, 3):
+    M_prev, _ = maps[f"{k - 1}-RF"]
+    maps[f"{k}-RF"] = ot.gaussian_rectified_map(m0, m1, M_prev @ S1 @ M_prev.T, M_prev @ S1, S1)
+
+reflow_cost = {"independent": float(((m0 - m1) ** 2).sum() + torch.trace(S0 + S1))}
+reflow_cost.update({k: transport_cost(M, m1, S1, m0) for k, (M, _) in maps.items()})
+w2sq_b = ot.gaussian_w2(m1, S1, m0, S0) ** 2
+for k, c in reflow_cost.items():
+    print(f"{k:12s} E|x1 - x0|^2 = {c:.5f}   ({c / w2sq_b - 1:+.2%} over W2^2 = {w2sq_b:.5f})")
+assert reflow_cost["independent"] > 1.5 * reflow_cost["1-RF"]               # Reflow lowers the cost ...
+assert abs(reflow_cost["2-RF"] - reflow_cost["1-RF"]) < 1e-9 and abs(reflow_cost["3-RF"] - reflow_cost["1-RF"]) < 1e-9
+torch.testing.assert_close(maps["3-RF"][0], maps["1-RF"][0], atol=1e-8, rtol=0)   # ... then stops: a fixed point
+assert reflow_cost["1-RF"] > 1.01 * w2sq_b                                   # ... which is not OT
+config.record(nb07_reflow_fixed_point_excess=float(reflow_cost["1-RF"] / w2sq_b - 1))
+
+# %% [markdown]
+# Said plainly: **our Reflow stops at a coupling that is not OT.** The fixed point is straight (its rectified
+# flow is the segments themselves, so Liu's $S = 0$), it costs more than $W_2^2$, and Benamou–Brenier's
+# minimum is not reached. With an isotropic source the same computation starts at the OT map (5.1 (a), and
+# `tests/test_ot.py` checks it), so there Reflow has nothing to fix.
+#
+# **Every coupling costs at least $W_2^2$.** The linear maps pushing $N(m_1, S_1)$ to $N(m_0, S_0)$ are
+# $M_R = S_0^{1/2} R\, S_1^{-1/2}$ with $R$ orthogonal; sweeping the rotations and reflections $R$ traces the
+# cost of a whole family of couplings. None goes below the closed-form $W_2^2$, the minimum touches it (at the
+# symmetric $M_R$, the Brenier map), and the independent coupling, 1-RF and its fixed point sit above.
+
+# %%
+S0_half, S1_inv_half = ot.sqrtm_psd(S0), torch.linalg.inv(ot.sqrtm_psd(S1))
+angles = torch.linspace(0, 2 * math.pi, 721, dtype=torch.float64)
+flip = torch.diag(torch.tensor([1.0, -1.0], dtype=torch.float64))
+sweep = {name: torch.tensor([transport_cost(S0_half @ rotation(float(a)) @ F @ S1_inv_half, m1, S1, m0) for a in angles])
+         for name, F in [("rotations", I2), ("reflections", flip)]}
+lowest = min(float(c.min()) for c in sweep.values())
+print(f"min over {2 * len(angles)} linear couplings: {lowest:.5f};  W2^2 = {w2sq_b:.5f}")
+assert lowest >= w2sq_b - 1e-10 and lowest < w2sq_b * (1 + 1e-4)
+
+fig, ax = plt.subplots(figsize=(7.5, 4))
+for name, c in sweep.items():
+    ax.plot(angles, c, label=f"M_R, R = {name}")
+ax.axhline(w2sq_b, color="k", lw=1, label="W2^2 (closed form)")
+ax.axhline(reflow_cost["independent"], color="C3", ls=":", label="independent coupling")
+ax.axhline(reflow_cost["1-RF"], color="C2", ls="--", label="1-RF = 2-RF = 3-RF")
+ax.set_xlabel("angle of R"); ax.set_ylabel("E|x1 - x0|^2"); ax.legend(fontsize=9)
+ax.set_title("no coupling beats W2^2; Reflow stops above it")
+fig.tight_layout()
+
+# %% [markdown]
+# Two ways bring a learned map closer to OT: minibatch-OT couplings (Sec. 4), which target the OT plan
+# directly, and Reflow, which only straightens. Liu (2022) changes Reflow so that it does converge to OT
+# (rectifying only with gradient fields, "c-rectified flow"); the monograph's §7.5.2 makes the same point.
 
 # %% [markdown]
 # ## Exercises
@@ -556,6 +837,24 @@ print({B: round(c, 3) for B, c in batch_cost.items()})
 assert batch_cost[8] > batch_cost[512]
 
 # %% [markdown]
+# **5.** The PF-ODE pairing of a few hundred points on the eight Gaussians was cyclically monotone (5.3). Is
+# its map an OT map? Apply the Jacobian test of 5.2 to `data.toy_gmm("8gaussians")` at 60 prior points, with
+# the solver error measured by halving the steps.
+
+# %% tags=["solution"]
+gauss8 = data.toy_gmm("8gaussians").denoiser(path)
+z8 = torch.randn(60, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(33))
+_, J8_half = pf_ode_jacobian(gauss8, z8, n_fine // 2)
+_, J8 = pf_ode_jacobian(gauss8, z8, n_fine)
+asym8 = ot.jacobian_asymmetry(J8)
+err8 = (J8 - J8_half).flatten(1).norm(dim=1) / J8.flatten(1).norm(dim=1)
+print(f"8 Gaussians: ||J - J^T|| / ||J|| median {asym8.median():.3f} (max {asym8.max():.3f}); "
+      f"solver error median {err8.median():.1e}; asymmetry > 30 x solver error at {float((asym8 > 30 * err8).float().mean()):.0%} of points")
+assert asym8.median() > 100 * err8.median() and (asym8 > 30 * err8).float().mean() > 0.6
+# Not OT either: the asymmetry is small (a few percent, against tens of percent for the bars), which is
+# why a few hundred sampled pairs do not reveal it.
+
+# %% [markdown]
 # ## Summary
 #
 # - With uniform weights and equal sizes, discrete OT is an assignment problem; `utils.ot.w2` solves it
@@ -566,9 +865,17 @@ assert batch_cost[8] > batch_cost[512]
 #   coupling of diffusion models.
 # - Minibatch-OT flow matching learns nearly straight paths: one Euler step is almost as good as many,
 #   where the independent coupling's one step is poor (figures above).
-# - The PF-ODE map is the OT map for Gaussian data and an isotropic Gaussian prior, and is not for a
-#   source whose covariance does not commute with the data's; in general it is not OT.
+# - Straightness has two measures: path length over chord (here) and Liu's $S$ (Ch. 5); Cauchy–Schwarz ties
+#   them, $S \ge \|x_1 - x_0\|^2((L/\text{chord})^2 - 1)$, checked on every path.
+# - Monge's problem, Brenier (an OT map is the gradient of a convex function, so its Jacobian is symmetric
+#   PSD) and Benamou–Brenier (kinetic energy $\ge W_2^2$, equality for straight lines along the OT map).
+# - The PF-ODE map is the OT map for Gaussian data and an isotropic Gaussian prior, and is not for a source
+#   whose covariance does not commute with the data's. For a Gaussian mixture with the $N(0, I)$ prior its
+#   Jacobian, by autograd through the exact solve, is far from symmetric (§7.5.1), and the exact assignment
+#   of the PF-ODE's own pairs is strictly cheaper, beyond the solver error.
+# - Reflow lowers the transport cost and then stops at a straight coupling; on Gaussians that fixed point
+#   costs more than the closed-form $W_2^2$ (§7.5.2). Every coupling in a sweep costs at least $W_2^2$.
 #
 # **Where the monograph goes next.** Part C (Ch. 8) steers a trained model with guidance; Part D
-# (Ch. 10, Ch. 11) takes the straight-path idea further: distillation, Reflow, consistency models and
-# flow maps learn few-step generators directly.
+# (Ch. 10, Ch. 11) takes the straight-path idea further: distillation, consistency models and flow maps
+# learn few-step generators directly (Reflow itself is Ch. 5, §5.4).

@@ -124,3 +124,56 @@ def test_gaussian_identity_and_commuting_case():
     S = torch.diag(torch.tensor([4.0, 0.25], dtype=torch.float64))
     assert ot.gaussian_w2(m, S, m, S) == pytest.approx(0.0, abs=1e-7)
     torch.testing.assert_close(ot.gaussian_ot_map(torch.zeros(2), torch.eye(2), m, S), ot.sqrtm_psd(S))
+
+
+def test_jacobian_asymmetry_zero_for_gradients_and_checks_shape():
+    g = torch.Generator().manual_seed(5)
+    A = torch.randn(4, 3, 3, dtype=torch.float64, generator=g)
+    sym = A + A.transpose(1, 2)
+    assert ot.jacobian_asymmetry(sym).max() < 1e-15
+    rot = torch.tensor([[[0.0, -1.0], [1.0, 0.0]]], dtype=torch.float64)   # a rotation: fully antisymmetric
+    assert float(ot.jacobian_asymmetry(rot)[0]) == pytest.approx(2.0)   # |2R| / |R|
+    with pytest.raises(ValueError, match="J has shape"):
+        ot.jacobian_asymmetry(torch.zeros(2, 2, 3))
+
+
+def _gaussian_pair():
+    m0, m1 = torch.tensor([1.0, -0.5], dtype=torch.float64), torch.tensor([0.5, 0.5], dtype=torch.float64)
+    S0 = torch.tensor([[2.0, 0.9], [0.9, 0.6]], dtype=torch.float64)
+    S1 = torch.diag(torch.tensor([3.0, 0.3], dtype=torch.float64))
+    return m0, m1, S0, S1
+
+
+def test_gaussian_coupling_velocity_matches_monte_carlo():
+    m0, m1, S0, S1 = _gaussian_pair()
+    S01 = torch.tensor([[0.3, 0.1], [-0.2, 0.2]], dtype=torch.float64)
+    joint = torch.cat([torch.cat([S0, S01], 1), torch.cat([S01.T, S1], 1)])
+    g = torch.Generator().manual_seed(6)
+    z = torch.randn(400_000, 4, dtype=torch.float64, generator=g) @ torch.linalg.cholesky(joint).T
+    x0, x1 = m0 + z[:, :2], m1 + z[:, 2:]
+    t = 0.3
+    xt = (1 - t) * x0 + t * x1
+    # least squares of X1 - X0 on (X_t, 1) is the conditional mean of a Gaussian
+    coef = torch.linalg.lstsq(torch.cat([xt, torch.ones(len(xt), 1, dtype=torch.float64)], 1), x1 - x0).solution
+    probe = torch.tensor([[0.0, 0.0], [1.0, 2.0]], dtype=torch.float64)
+    mc = torch.cat([probe, torch.ones(2, 1, dtype=torch.float64)], 1) @ coef
+    torch.testing.assert_close(ot.gaussian_coupling_velocity(probe, t, m0, m1, S0, S01, S1), mc, atol=1e-2, rtol=0)
+
+
+def test_gaussian_rectified_map_pushes_forward_and_is_a_fixed_point_of_reflow():
+    m0, m1, S0, S1 = _gaussian_pair()
+    M, c = ot.gaussian_rectified_map(m0, m1, S0, torch.zeros(2, 2, dtype=torch.float64), S1)
+    torch.testing.assert_close(c, m0, atol=1e-10, rtol=0)
+    torch.testing.assert_close(M @ S1 @ M.T, S0, atol=1e-8, rtol=0)          # N(m1, S1) -> N(m0, S0)
+    M2, c2 = ot.gaussian_rectified_map(m0, m1, M @ S1 @ M.T, M @ S1, S1)      # Reflow of a straight coupling
+    torch.testing.assert_close(M2, M, atol=1e-8, rtol=0)
+    torch.testing.assert_close(c2, c, atol=1e-10, rtol=0)
+    # with an isotropic source the rectified map of the independent coupling is the OT map
+    Mi, _ = ot.gaussian_rectified_map(m0, m1, S0, torch.zeros(2, 2, dtype=torch.float64), 0.7 * torch.eye(2, dtype=torch.float64))
+    torch.testing.assert_close(Mi, ot.gaussian_ot_map(m1, 0.7 * torch.eye(2), m0, S0), atol=1e-7, rtol=0)
+
+
+def test_gaussian_coupling_velocity_rejects_bad_time():
+    m0, m1, S0, S1 = _gaussian_pair()
+    with pytest.raises(ValueError, match="t="):
+        ot.gaussian_coupling_velocity(torch.zeros(3, 2), 1.5, m0, m1, S0, torch.zeros(2, 2), S1)

@@ -210,3 +210,74 @@ def gaussian_ot_map(m1, S1, m2, S2) -> torch.Tensor:
     R_inv = torch.linalg.inv(R)
     A = R_inv @ sqrtm_psd(R @ S2 @ R) @ R_inv
     return (A + A.T) / 2
+
+
+# --- Is a map optimal? (Ch. 7, §7.5) ----------------------------------------------------------
+
+def jacobian_asymmetry(J: torch.Tensor) -> torch.Tensor:
+    """||J - J^T||_F / ||J||_F per point for Jacobians J: (B, D, D) (§7.5.1). Returns (B,).
+
+    A Brenier (OT) map is the gradient of a convex function, so its Jacobian (a Hessian) is
+    symmetric positive semi-definite and this ratio is 0; a map whose Jacobian is not symmetric
+    somewhere is not an OT map for the squared cost.
+    """
+    if not isinstance(J, torch.Tensor) or J.ndim != 3 or J.shape[1] != J.shape[2]:
+        raise ValueError(f"J has shape {tuple(getattr(J, 'shape', ()))}; expected (B, D, D)")
+    return (J - J.transpose(1, 2)).flatten(1).norm(dim=1) / J.flatten(1).norm(dim=1)
+
+
+def gaussian_coupling_velocity(x: torch.Tensor, t: float, m0, m1, S00, S01, S11) -> torch.Tensor:
+    """Rectified-flow velocity of a jointly Gaussian coupling (X0, X1) (§5.4, §7.5.2):
+
+        X_t = (1 - t) X0 + t X1,   v_t(x) = E[X1 - X0 | X_t = x]
+            = (m1 - m0) + Cov(X1 - X0, X_t) Cov(X_t)^{-1} (x - (1 - t) m0 - t m1),
+
+    Cov(X1 - X0, X_t) = (1 - t)(S01^T - S00) + t (S11 - S01),
+    Cov(X_t) = (1 - t)^2 S00 + t (1 - t)(S01 + S01^T) + t^2 S11.
+
+    Book's clock: X0 data at t = 0, X1 source at t = 1, dx/dt = v. x: (B, D); means (D,),
+    S00 = Cov(X0), S11 = Cov(X1), S01 = Cov(X0, X1) = E[(X0 - m0)(X1 - m1)^T], all (D, D).
+    Cov(X_t) must be invertible (true for 0 < t < 1 when the coupling has a density or is a
+    map with positive eigenvalues). Returns (B, D) float64.
+    """
+    m0, S00 = _gaussian("m0", m0, "S00", S00)
+    m1, S11 = _gaussian("m1", m1, "S11", S11)
+    S01 = torch.as_tensor(S01, dtype=torch.float64)
+    D = m0.shape[0]
+    if m1.shape != (D,) or S01.shape != (D, D):
+        raise ValueError(f"m1 has shape {tuple(m1.shape)} and S01 {tuple(S01.shape)}; expected ({D},) and ({D}, {D})")
+    check_batch("x", x)
+    if x.ndim != 2 or x.shape[1] != D:
+        raise ValueError(f"x has shape {tuple(x.shape)}; expected (B, {D})")
+    t = float(t)
+    if not 0.0 <= t <= 1.0:
+        raise ValueError(f"t={t} is not valid; expected 0 <= t <= 1")
+    cov_dt = (1 - t) * (S01.T - S00) + t * (S11 - S01)
+    cov_t = (1 - t) ** 2 * S00 + t * (1 - t) * (S01 + S01.T) + t ** 2 * S11
+    mean_t = (1 - t) * m0 + t * m1
+    gain = torch.linalg.solve(cov_t, cov_dt.T).T                       # Cov(D, X_t) Cov(X_t)^{-1}
+    return (m1 - m0) + (x.to(torch.float64) - mean_t) @ gain.T
+
+
+def gaussian_rectified_map(m0, m1, S00, S01, S11, n_steps: int = 200):
+    """The map x1 -> x0 of the rectified flow of a jointly Gaussian coupling (§5.4, §7.5.2):
+    integrate dx/dt = :func:`gaussian_coupling_velocity` from t = 1 to t = 0 by RK4 on
+    ``n_steps`` uniform steps. The velocity is affine, so the map is x0 = c + M (x1 - m1).
+
+    Returns (M: (D, D), c: (D,)) float64. The new coupling (X0 = c + M (X1 - m1), X1) is the
+    Reflow coupling: feed S00 = M S11 M^T, S01 = M S11 back in to Reflow again.
+    """
+    check_int("n_steps", n_steps)
+    m1 = torch.as_tensor(m1, dtype=torch.float64)
+    D = m1.shape[0]
+    x = torch.cat([m1[None], m1[None] + torch.eye(D, dtype=torch.float64)])   # m1 and m1 + e_k
+    h = 1.0 / n_steps
+    field = lambda z, t: gaussian_coupling_velocity(z, t, m0, m1, S00, S01, S11)
+    for i in range(n_steps):
+        t = 1.0 - i * h
+        k1 = field(x, t)
+        k2 = field(x - h / 2 * k1, t - h / 2)
+        k3 = field(x - h / 2 * k2, t - h / 2)
+        k4 = field(x - h * k3, max(t - h, 0.0))
+        x = x - h / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+    return (x[1:] - x[0]).T, x[0]
