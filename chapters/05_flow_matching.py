@@ -13,14 +13,19 @@
 # * compute a continuous normalizing flow's log-likelihood with the instantaneous change of variables;
 # * state the conditional flow matching (CFM) loss, estimate the *marginal* velocity as a conditional
 #   expectation, and show numerically that CFM and the intractable marginal loss differ by a constant;
-# * build linear, trigonometric and Gaussian-to-Gaussian paths, measure how straight their ODE paths are,
-#   and straighten a learned flow with **Reflow** so that one Euler step suffices.
+# * build the linear and trigonometric paths (and solve both in closed form when the data are Gaussian),
+#   measure how straight their ODE paths are, and straighten a learned flow with **Reflow** so that one
+#   Euler step suffices;
+# * measure Prop. 5.4.1 (Reflow does not raise the transport cost) and see that Reflow keeps the two
+#   endpoint laws but not the intermediate marginals.
 #
 # **Prerequisites:** Ch. 4 (the probability-flow ODE; `00_getting_started` for the utils tour).
 #
-# **Time convention.** This book runs time from data ($t=0$) to noise ($t=1$); the flow-matching papers
-# (and the monograph's Sec. 5.3 only) run it the other way, so their $t'$ is our $1-t$ and their velocity
-# is minus ours, $v'(x, t') = -v(x, 1-t')$ (Exercise 1 checks this on the exact oracle).
+# **Time convention.** This book runs time from data ($t=0$) to noise ($t=1$); the flow-matching papers run
+# it the other way, and so does the monograph wherever it follows them: in §5.3, in §5.4 (rectified flow and
+# Reflow) and again in §7.5.2. Their $t'$ is our $1-t$ and their velocity is minus ours,
+# $v'(x, t') = -v(x, 1-t')$ (Exercise 1 checks this on the exact oracle). Every formula below is written on
+# this book's clock.
 
 # %%
 import sys, pathlib
@@ -127,7 +132,8 @@ assert kl_flow < kl_gauss / 5
 config.record(nb05_coupling_flow_kl_nats=float(kl_flow))
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(16, 4))
+fig, axes = plt.subplots(2, 2, figsize=(9.5, 9))
+axes = axes.flatten()
 plotting.plot_density(two_modes.log_prob, ax=axes[0], lim=4, title="exact density p")
 with torch.no_grad():
     plotting.plot_density(lambda p: flow_model.log_prob(p.float()).double(), ax=axes[1], lim=4,
@@ -381,11 +387,13 @@ assert -3 * kl_fm_se < kl_fm < 0.5
 #
 # Any $x_t=\alpha_t x_0+\sigma_t\varepsilon$ with $\alpha_0=1,\sigma_0=0$ and $\alpha_1=0,\sigma_1=1$ is a
 # conditional path; its conditional velocity is $\alpha_t' x_0 + \sigma_t'\varepsilon$ and the marginal
-# velocity is again its conditional expectation (what `Denoiser.velocity` computes, Ch. 6). Three examples:
+# velocity is again its conditional expectation (what `Denoiser.velocity` computes, Ch. 6). Two paths:
 #
 # * **linear** (rectified flow / conditional OT): $\alpha_t = 1-t$, $\sigma_t=t$;
-# * **trigonometric** (VP-like, $\alpha_t^2+\sigma_t^2=1$): $\alpha_t=\cos\frac{\pi t}{2}$, $\sigma_t=\sin\frac{\pi t}{2}$;
-# * **Gaussian-to-Gaussian**: when the data are themselves Gaussian, $x_0\sim\mathcal N(\mu, s^2 I)$, every
+# * **trigonometric** (VP-like, $\alpha_t^2+\sigma_t^2=1$): $\alpha_t=\cos\frac{\pi t}{2}$, $\sigma_t=\sin\frac{\pi t}{2}$.
+#
+# **Gaussian data** are not a third path but a choice of data on which every path is solvable in closed
+# form (the monograph's Gaussian-to-Gaussian example): when $x_0\sim\mathcal N(\mu, s^2 I)$, every
 #   marginal is $\mathcal N(\alpha_t\mu, \tilde\sigma_t^2 I)$ with $\tilde\sigma_t^2=\alpha_t^2s^2+\sigma_t^2$, and the
 #   marginal velocity is affine in closed form:
 #   $v_t(x) = \alpha_t'\mu + \frac{\tilde\sigma_t'}{\tilde\sigma_t}\,(x-\alpha_t\mu)$. Its trajectories are
@@ -433,7 +441,11 @@ for name, sched in paths.items():
 # $$S = \int_0^1 \mathbb E\,\big\|v_t(x_t) - (x_1-x_0)\big\|^2\,\mathrm dt = \mathbb E\int_0^1\|v_t(x_t)\|^2\mathrm dt - \mathbb E\|x_1-x_0\|^2 \;\ge 0,$$
 #
 # zero exactly when every trajectory is a straight line run at constant speed — then a single Euler step
-# is exact. `flows.straightness` evaluates it on recorded trajectories. The *conditional* linear paths are
+# is exact. `flows.straightness` evaluates it on recorded trajectories. Ch. 7 measures straightness
+# differently, by **path length over chord** $L/\|x_1-x_0\|$, which is 1 for any straight path whatever its
+# speed. The two are tied by Cauchy–Schwarz, $L^2=(\int_0^1\|v_t\|dt)^2\le\int_0^1\|v_t\|^2dt$, so
+# $S\ge\|x_1-x_0\|^2\big((L/\|x_1-x_0\|)^2-1\big)$, with equality at constant speed (checked below on every
+# recorded path). The *conditional* linear paths are
 # straight by construction; the trigonometric ones are quarter-arcs. The *marginal* ODE trajectories are
 # another matter: there many conditional lines cross, and their average bends.
 
@@ -457,7 +469,13 @@ straight_marg, traj = {}, {}
 for name, sched in paths.items():
     straight_marg[name], traj[name] = oracle_straightness(mix.denoiser(sched), S["n_paths"])
 for name in paths:
-    print(f"{name:14s} conditional paths S = {straight_cond[name]:.4f}   exact marginal ODE paths S = {straight_marg[name]:.3f}")
+    xs = traj[name]
+    length = (xs[1:] - xs[:-1]).norm(dim=-1).sum(0)
+    chord = (xs[-1] - xs[0]).norm(dim=-1)
+    S_path = flows.straightness(xs, schedules.uniform_grid(100))
+    assert (S_path >= length ** 2 - chord ** 2 - 1e-9).all()              # S >= L^2 - chord^2 (Cauchy-Schwarz)
+    print(f"{name:14s} conditional paths S = {straight_cond[name]:.4f}   exact marginal ODE paths S = {straight_marg[name]:.3f}"
+          f"   (length / chord = {(length / chord).mean():.3f})")
 assert straight_cond["linear"] < 1e-10 < 0.1 < straight_cond["trigonometric"]
 assert min(straight_marg.values()) > 0.1          # marginal paths bend, whatever the conditional path
 
@@ -486,8 +504,10 @@ fig.tight_layout()
 # $(x_0,\varepsilon)\sim p_0\otimes\mathcal N(0,I)$. Its ODE defines a *new*, deterministic coupling:
 # $\varepsilon \mapsto x_0=\mathrm{ODE}_{1\to 0}(\varepsilon)$. **Reflow** retrains on straight lines between
 # these pairs. Since trajectories of an ODE never cross, the new lines cross far less, the regression target
-# $\varepsilon-x_0$ becomes (nearly) a function of $x_t$, and the new flow's paths are (nearly) straight,
-# while its marginals stay those of the first flow. Writing the pairing out:
+# $\varepsilon-x_0$ becomes (nearly) a function of $x_t$, and the new flow's paths are (nearly) straight.
+# What Reflow keeps is only the two **endpoint** laws: $\mathcal N(0,I)$ at $t=1$ and the first flow's output
+# law at $t=0$. The marginals in between are those of the new coupling's straight interpolation,
+# $(1-t)x_0+t\varepsilon$, and they differ from the first flow's (measured below). Writing the pairing out:
 
 # %%
 def make_reflow_pairs(denoiser, n, n_steps, generator):
@@ -548,13 +568,73 @@ assert all(quality["2-RF"][n] < 2.0 for n in steps_list)
 config.record(**{f"nb05_{k.replace('-', '').lower()}_euler{n}_sw_ratio": float(quality[k][n]) for k in ("1-RF", "2-RF") for n in steps_list})
 
 # %%
-fig, axes = plt.subplots(2, 5, figsize=(17, 7))
+fig, axes = plt.subplots(2, 4, figsize=(13, 7))
 for i, name in enumerate(("1-RF", "2-RF")):
     for j, n in enumerate(steps_list):
         plotting.plot_samples(quality["samples"][(name, n)], ax=axes[i, j], s=1,
-                              title=f"{name}, {n} Euler step{'s' if n > 1 else ''}: SW/floor {quality[name][n]:.2f}")
-    plotting.plot_trajectories([traj_1rf, traj_2rf][i], ax=axes[i, 4], n_paths=80,
-                               title=f"{name} paths (S = {[S_1rf, S_2rf][i]:.3f})")
+                              title=f"{name}, {n} step{'s' if n > 1 else ''}\nSW/floor {quality[name][n]:.2f}")
+fig.tight_layout()
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 4.5))
+for ax, name, tr, S_val in [(axes[0], "1-RF", traj_1rf, S_1rf), (axes[1], "2-RF", traj_2rf, S_2rf)]:
+    plotting.plot_trajectories(tr, ax=ax, n_paths=80, title=f"{name} paths (S = {S_val:.3f})")
+fig.tight_layout()
+
+# %% [markdown]
+# ### Prop. 5.4.1 measured: Reflow lowers the transport cost, and moves the marginals in between
+#
+# Prop. 5.4.1 (Liu et al. 2023, Thm. 3.5): the rectified coupling never costs more than the coupling it came
+# from, $\mathbb E\|x_0 - \varepsilon\|^2$ under the Reflow pairs $\le$ under the independent pairs (for every convex
+# cost, in fact). The independent cost is known exactly, $\mathbb E\|x_0\|^2 + \mathbb E\|\varepsilon\|^2$ (the cross
+# term vanishes), and the Reflow pairs are the ones 2-RF was trained on; we compare them with a Monte Carlo
+# standard error. Then we take 2-RF's own pairs (its ODE from fresh noise) as Reflow's next round.
+
+# %%
+def pair_cost(x0, eps):
+    c = ((x0.double() - eps.double()) ** 2).sum(1)
+    return c.mean().item(), (c.std() / math.sqrt(len(c))).item()
+
+cost_indep = (torch.trace(mix.covariance()) + (mix.mean() ** 2).sum()).item() + 2.0   # E|x0|^2 + E|eps|^2
+g = torch.Generator().manual_seed(20)
+cost_indep_mc = pair_cost(mix.sample(len(pairs), g)[0], torch.randn(len(pairs), 2, dtype=torch.float64, generator=g))
+cost_1rf = pair_cost(pairs[:, 0], pairs[:, 1])
+eps_2 = samplers.sample_prior(path, (S["n_pairs"], 2), torch.Generator().manual_seed(21))
+cost_2rf = pair_cost(samplers.sample_heun(rf2, eps_2, schedules.uniform_grid(S["pair_ode_steps"])), eps_2)
+print(f"E|x0 - eps|^2: independent pairs {cost_indep:.3f} exactly (Monte Carlo {cost_indep_mc[0]:.3f} +- {cost_indep_mc[1]:.3f})")
+print(f"               1-RF (Reflow) pairs {cost_1rf[0]:.3f} +- {cost_1rf[1]:.3f};   2-RF pairs {cost_2rf[0]:.3f} +- {cost_2rf[1]:.3f}")
+assert abs(cost_indep_mc[0] - cost_indep) < 4 * cost_indep_mc[1]           # the exact value, by sampling
+assert cost_1rf[0] + 10 * cost_1rf[1] < cost_indep                           # Reflow lowers the cost, by far more than MC error
+assert cost_2rf[0] < cost_1rf[0] + 4 * math.hypot(cost_1rf[1], cost_2rf[1]) + 0.05 * cost_1rf[0]   # and does not raise it again
+config.record(nb05_transport_cost_independent=float(cost_indep), nb05_transport_cost_reflow=float(cost_1rf[0]))
+
+# %% [markdown]
+# Reflow's second round barely changes the cost: the 1-RF coupling is already nearly straight, the fixed
+# point Ch. 7 (§7.5.2) studies, where it shows that such a fixed point need not be the optimal-transport
+# coupling.
+#
+# **The marginals in between.** Both flows start from $\mathcal N(0,I)$ and end (up to training error) at the
+# same data law, but at $t=1/2$ the 1-RF flow passes through the linear path's $p_{1/2}$ (the oracle knows it
+# exactly), while 2-RF passes through the law of $\tfrac12(x_0+\varepsilon)$ under the Reflow pairs. We run each
+# learned ODE from $t=1$ to $t=1/2$ and measure the sliced Wasserstein distance to exact samples of $p_{1/2}$,
+# as a ratio to the noise floor of $p_{1/2}$ against itself (five chunks, so the floor is low).
+
+# %%
+p_half = lambda n, g: mix.sample(n, g, t=0.5, schedule=path)[0]
+half_grid = torch.linspace(1.0, 0.5, S["pair_ode_steps"] // 2 + 1)
+mid = {name: samplers.sample_heun(d, z_eval, half_grid) for name, d in [("1-RF", fm), ("2-RF", rf2)]}
+mid["Reflow pairs"] = 0.5 * (pairs[:, 0] + pairs[:, 1])
+mid_vs_p = {name: metrics.compare_to_floor(x[:S["n_eval"]], p_half, repeats=5) for name, x in mid.items()}   # n = n_eval / 5 per chunk
+for name, r in mid_vs_p.items():
+    print(f"{name:13s} at t = 1/2 vs exact p_1/2: {r}")
+assert mid_vs_p["1-RF"].ratio < 2.0                                   # 1-RF follows p_t ...
+assert mid_vs_p["2-RF"].ratio > 3 * max(mid_vs_p["1-RF"].ratio, 1.0)  # ... 2-RF does not, far above the floor
+assert mid_vs_p["Reflow pairs"].ratio > 3 * max(mid_vs_p["1-RF"].ratio, 1.0)
+config.record(nb05_midpoint_sw_ratio_1rf=float(mid_vs_p["1-RF"].ratio), nb05_midpoint_sw_ratio_2rf=float(mid_vs_p["2-RF"].ratio))
+
+fig, axes = plt.subplots(1, 3, figsize=(13, 4.5))
+for ax, (name, x) in zip(axes, [("exact p_1/2 (1-RF's target)", p_half(3000, torch.Generator().manual_seed(22))),
+                                ("1-RF at t = 1/2", mid["1-RF"][:3000]), ("2-RF at t = 1/2", mid["2-RF"][:3000])]):
+    plotting.plot_samples(x, ax=ax, s=1, lim=3, title=name)
 fig.tight_layout()
 
 
@@ -633,9 +713,13 @@ print("one exact Euler step from t = 1 lands on the data mean", mix.mean().tolis
 # * Flow matching regresses a velocity on *conditional* velocities. The marginal velocity is their
 #   conditional expectation; the CFM and FM losses differ by a constant (we measured it on two networks),
 #   so they share their gradients, and no ODE is simulated during training.
-# * Conditional paths (linear, trigonometric, Gaussian-to-Gaussian) can be straight while the marginal flow
-#   is bent. Reflow re-pairs noise with the flow's own outputs and straightens the paths: the measured
-#   straightness dropped by a large factor and one Euler step reached the quality of many.
+# * Conditional paths (linear, trigonometric) can be straight while the marginal flow is bent; Gaussian data
+#   make every path solvable in closed form. Liu's $S$ and Ch. 7's length over chord both measure
+#   straightness, and $S \ge$ chord$^2((L/\text{chord})^2-1)$ ties them.
+# * Reflow re-pairs noise with the flow's own outputs and straightens the paths: the measured straightness
+#   dropped by a large factor and one Euler step reached the quality of many. It lowered the transport cost
+#   $\mathbb E\|x_0-\varepsilon\|^2$ well below the independent pairs' (Prop. 5.4.1), and it kept only the two endpoint
+#   laws: at $t=1/2$ the 2-RF flow is far from the 1-RF flow's $p_{1/2}$.
 #
 # **Where the monograph goes next.** Ch. 6 puts the variational, score-based and flow-based views in one
 # frame (the four prediction targets and their conversions); Ch. 7 relates flows and Reflow to optimal

@@ -10,7 +10,7 @@
   S = int_0^1 ||v_t - (x_end - x_start)||^2 dt = int_0^1 ||v_t||^2 dt - ||x_end - x_start||^2,
   zero exactly when every path is a straight line run at constant speed (one Euler step is exact).
 
-* :func:`reflow_pairs`, :class:`ReflowLoss`: Reflow (rectified flow, Liu et al. 2023; Sec. 5.3):
+* :func:`reflow_pairs`, :class:`ReflowLoss`: Reflow (rectified flow, Liu et al. 2023; §5.4):
   couple each noise eps with the data point x0 = ODE(eps) that a trained flow sends it to, then
   regress the straight-line velocity eps - x0 on x_t = (1 - t) x0 + t eps.
 
@@ -204,7 +204,7 @@ def reflow_pairs(denoiser: Model, shape, n_steps: int = 50, generator: torch.Gen
 
 
 class ReflowLoss:
-    """loss(net, pairs, y=None, generator=None): flow matching on fixed (x0, eps) pairs (Sec. 5.3):
+    """loss(net, pairs, y=None, generator=None): flow matching on fixed (x0, eps) pairs (§5.4, Reflow):
 
         t ~ U[0, 1],  x_t = (1 - t) x0 + t eps,  loss = E || net(x_t, t) - (eps - x0) ||^2.
 
