@@ -208,7 +208,7 @@ for t in (0.5, 0.0):
 # %% [markdown]
 # All three sit at the noise floor of $p_t$ at every checked time, although the paths look nothing alike:
 # the forward SDE and the reverse SDE jitter, the PF-ODE glides; the reverse SDE and the PF-ODE started from the
-# same points end at different data points. Move the slider over $t$ (in JupyterLab; here a static
+# same points end at different data points (Section 3 shows why they must agree in law). Move the slider over $t$ (in JupyterLab; here a static
 # figure at $t=0.2$, where the PF-ODE paths have travelled most of their way):
 
 # %%
