@@ -427,11 +427,11 @@ assert floor["independent", "1 step"].ratio > 2 * floor["ot", "1 step"].ratio
 config.record(nb07_one_step_sw_ratio_independent=float(floor["independent", "1 step"].ratio), nb07_one_step_sw_ratio_minibatch_ot=float(floor["ot", "1 step"].ratio))
 
 # %%
-fig, axes = plt.subplots(1, 4, figsize=(15, 3.8))
+fig, axes = plt.subplots(2, 2, figsize=(9.5, 9.5))
 for k, (c, r) in enumerate(res.items()):
-    plotting.plot_trajectories(r["xs"], ax=axes[2 * k], n_paths=150, alpha=0.4,
+    plotting.plot_trajectories(r["xs"], ax=axes[k, 0], n_paths=150, alpha=0.4,
                                title=f"{c}: {S['ode_steps']}-step paths (t=1 -> 0)")
-    plotting.plot_samples(r["x_one"], ax=axes[2 * k + 1], s=2, title=f"{c}: one Euler step, W2={r['w2_one']:.2f}")
+    plotting.plot_samples(r["x_one"], ax=axes[k, 1], s=2, title=f"{c}: one Euler step, W2={r['w2_one']:.2f}")
 fig.tight_layout()
 
 # %% [markdown]
@@ -683,19 +683,18 @@ config.record(nb07_pf_ode_pairing_excess_bars=float(rb["pf"] - rb["exact"]))
 fig, axes = plt.subplots(1, 3, figsize=(15, 5))
 x_b, perm_b = rb["x"], rb["perm"]
 moved = perm_b != torch.arange(len(z_fig))
-for ax, partner, title in [(axes[0], torch.arange(len(z_fig)), f"PF-ODE pairing: cost {rb['pf']:.4f}"),
-                           (axes[1], perm_b, f"exact assignment: cost {rb['exact']:.4f}")]:
+for ax, partner, title in [(axes[0], torch.arange(len(z_fig)), f"bars, PF-ODE pairing: cost {rb['pf']:.4f}\n(z_i, T(z_i))"),
+                           (axes[1], perm_b, f"exact assignment: cost {rb['exact']:.4f}\n(red: the pairs it changes)")]:
     for i in range(len(z_fig)):
         j = int(partner[i])
         ax.plot([z_fig[i, 0], x_b[j, 0]], [z_fig[i, 1], x_b[j, 1]],
                 color="C3" if moved[i] else "0.75", lw=0.8 if moved[i] else 0.5)
-    plotting.plot_samples(z_fig, ax=ax, s=8, alpha=1, color="C0", label="prior z (t=1)")
-    plotting.plot_samples(x_b, ax=ax, s=8, alpha=1, color="k", title=title, label="T(z) (t=0)")
+    plotting.plot_samples(z_fig, ax=ax, s=8, alpha=1, color="C0", lim=4.5, label="prior z (t=1)")
+    plotting.plot_samples(x_b, ax=ax, s=8, alpha=1, color="k", lim=4.5, title=title, label="T(z) (t=0)")
 axes[0].legend(loc="lower left", fontsize=9)
 sc = axes[2].scatter(z_jac[:, 0], z_jac[:, 1], c=asym, s=14, cmap="viridis")
-axes[2].set_aspect("equal"); axes[2].set_title("||J - J^T|| / ||J|| at the prior point z")
+axes[2].set_aspect("equal"); axes[2].set_title("bars: ||J - J^T|| / ||J|| at the prior point z")
 fig.colorbar(sc, ax=axes[2], shrink=0.8)
-fig.suptitle("bars: red lines are pairs the exact assignment changes", fontsize=11)
 fig.tight_layout()
 
 # %% [markdown]
@@ -771,8 +770,9 @@ fig.tight_layout()
 
 # %% [markdown]
 # Two ways bring a learned map closer to OT: minibatch-OT couplings (Sec. 4), which target the OT plan
-# directly, and Reflow, which only straightens. Liu (2022) changes Reflow so that it does converge to OT
-# (rectifying only with gradient fields, "c-rectified flow"); the monograph's §7.5.2 makes the same point.
+# directly, and Reflow, which only straightens (the negative result of §7.5.2, shown above). Liu (2022)
+# changes Reflow so that it does converge to OT, by restricting the rectified velocity to gradient fields
+# ("c-rectified flow").
 
 # %% [markdown]
 # ## Exercises
