@@ -263,9 +263,10 @@ assert 1.0 < hvae_cmp.ratio < 3.0
 #   \text{Ho et al.: } q(x_i\mid x_0)=\mathcal N\big(\sqrt{\bar\alpha_i}\,x_0,\ (1-\bar\alpha_i) I\big),$$
 #
 # with Ho's $\alpha_i = 1-\beta_i$ and $\bar\alpha_i=\prod_{j\le i}\alpha_j$ ($\bar\alpha_0=1$). So
-# $\bar\alpha_i^\text{monograph}=\sqrt{\bar\alpha_i^\text{Ho}}$: the monograph's $\bar\alpha_i$ is the continuous $\alpha_{t_i}$
-# of `utils.schedules`, Ho's is $\alpha_{t_i}^2$. **This notebook and `utils.ddpm` use Ho et al.'s
-# $\beta_i$ and $\bar\alpha_i$** (variances), because the published numbers ($\beta_1=10^{-4}$ to $\beta_N=0.02$,
+# $\bar\alpha_i^\text{monograph}=\sqrt{\bar\alpha_i^\text{Ho}}$: the monograph's $\bar\alpha_i$ plays the role of the
+# continuous $\alpha_{t_i}$ of `utils.schedules` (the factor on $x_0$; equal up to $O(1/N)$ for VPLinear, checked
+# below), Ho's that of $\alpha_{t_i}^2$. **This notebook and `utils.ddpm` use Ho et al.'s $\beta_i$ and
+# $\bar\alpha_i$** (the variance convention), because the published numbers ($\beta_1=10^{-4}$ to $\beta_N=0.02$,
 # $N=1000$) are in that convention; read every $\sqrt{\bar\alpha_i}$ below as the monograph's $\bar\alpha_i$.
 #
 # Ho et al.'s linear schedule for $N$ steps, written out, against the reference, then both notations side by side:
