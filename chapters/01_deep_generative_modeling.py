@@ -17,7 +17,7 @@
 # - write a tiny version of each prominent family (energy-based model, autoregressive model, VAE,
 #   normalizing flow, GAN, diffusion model) in a few lines, train it in seconds on the same 2D data,
 #   and compare what each can and cannot do: sample, evaluate an exact likelihood, avoid a
-#   partition function.
+#   partition function (the diffusion model's likelihood comes through its probability-flow ODE).
 #
 # Prerequisites: probability densities, the Gaussian, gradient descent in PyTorch. Chapter
 # `00_getting_started` shows how the companion's `utils` package, profiles and tests work.
