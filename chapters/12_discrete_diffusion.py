@@ -25,7 +25,7 @@ import sys, pathlib
 ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p / "utils").is_dir())
 sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib.pyplot as plt
-from utils import config, discrete, samplers, training, widgets
+from utils import config, discrete, exercises, samplers, training, widgets
 profile, device, gen = config.setup(seed=0, threads=1)
 S = config.pick({
     "test": dict(n_ctmc=50_000, n_samples=20_000, step_counts=(1, 4, 16, 64), hidden=128, depth=3,
@@ -307,7 +307,7 @@ config.record(ch12_tv_independent=tv_independent, ch12_tv_floor=tv_floor,
 # independently and the sticky structure is lost; with many, both denoisers recover the data.
 
 # %%
-def draw_unmasking(n_steps=4, denoiser=["exact", "learned"]):
+def draw_unmasking(n_steps=4, denoiser="exact"):
     den = den_masked if denoiser == "exact" else den_learned
     with torch.no_grad():
         xs = discrete.sample(den, 5000, L, "masked", V, int(n_steps), torch.Generator().manual_seed(3))
@@ -332,9 +332,12 @@ t = 0.35
 n_masks = (discrete.forward_sample("masked", x0_fwd, V, t, gen) == V).sum(1)
 expected = torch.tensor([math.comb(L, k) * t ** k * (1 - t) ** (L - k) for k in range(L + 1)], dtype=torch.float64)
 observed = torch.bincount(n_masks, minlength=L + 1).double() / len(n_masks)
-z = (observed - expected) / torch.sqrt(expected * (1 - expected) / len(n_masks))
 print("P(#masks = k):", [round(v, 3) for v in observed.tolist()], " Binomial:", [round(v, 3) for v in expected.tolist()])
-assert z.abs().max() < 5
+
+# %% tags=["check"]
+binomial = torch.tensor([math.comb(L, k) * 0.35 ** k * 0.65 ** (L - k) for k in range(L + 1)], dtype=torch.float64)
+exercises.check_close("observed", observed, binomial, rtol=0, atol=5 * math.sqrt(0.25 / len(x0_fwd)),
+                      hint="the frequencies of k = 0..L masks among forward samples at t = 0.35")
 
 # %% [markdown]
 # **Exercise 2 (one step is independent tokens).** Show that one unmasking step from $t = 1$ to $0$ draws each token from
@@ -348,7 +351,10 @@ law_one_step = torch.ones(V ** L, dtype=torch.float64)
 for i in range(L):
     law_one_step = law_one_step * marg[i][X_all[:, i]]
 print(f"TV(one-step law, product of marginals) = {discrete.total_variation(law_one_step, product_of_marginals(p_data)):.1e}")
-assert discrete.total_variation(law_one_step, product_of_marginals(p_data)) < 1e-12
+
+# %% tags=["check"]
+exercises.check_close("law_one_step", law_one_step, product_of_marginals(p_data), rtol=1e-9, atol=1e-12,
+                      hint="from all masks, every token is drawn from p(x_0^i | all masks), the i-th data marginal")
 
 # %% [markdown]
 # **Exercise 3 (the reverse rate).** In continuous time the masked reverse chain unmasks a token at rate
@@ -361,7 +367,10 @@ x_s = discrete.ancestral_step(den_masked(x_t[:1], 0.5).expand(50_000, L, V), x_t
 frac = float((x_s != V).double().mean())
 se = math.sqrt(0.02 * 0.98 / x_t.numel())
 print(f"unmasked fraction {frac:.4f}  (rate x step = {0.01 / 0.5:.4f})")
-assert abs(frac - 0.02) < 5 * se
+
+# %% tags=["check"]
+exercises.check_close("frac", frac, 0.02, rtol=0, atol=5 * math.sqrt(0.02 * 0.98 / (50_000 * L)),
+                      hint="(t - s)/t = 0.01/0.5 of the masks are unmasked in the step")
 
 # %% [markdown]
 # ## Summary

@@ -21,7 +21,7 @@ import sys, pathlib
 ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p / "utils").is_dir())
 sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib.pyplot as plt
-from utils import config, samplers, sde, widgets
+from utils import config, exercises, samplers, sde, widgets
 profile, device, gen = config.setup(seed=0, threads=1)
 S = config.pick({
     "test": dict(n_particles=200_000, ode_steps=100, em_steps=400, n_bins=40, flow_steps=(8, 16, 32, 64),
@@ -324,7 +324,10 @@ fp_rhs_grid = sde.fokker_planck_rhs(p_fp, x_fp, f_dw, g_dw, 0.0)
 inner = slice(20, -20)
 gap = float((continuity_rhs - fp_rhs_grid)[inner].abs().max() / fp_rhs_grid[inner].abs().max())
 print(f"relative gap between the two right-hand sides: {gap:.1e}")
-assert gap < 0.05                    # equal up to the two discretizations (O(dx^2))
+
+# %% tags=["check"]
+exercises.check_between("gap", gap, 0.0, 0.05, hint="p d_x log p = d_x p, so the two right-hand sides agree "
+                        "up to the two discretizations (O(dx^2)); use the same p_fp for both")
 
 # %% [markdown]
 # **Exercise 2 (the stationary density).** Check that $\pi \propto e^{-2V/g^2}$ is a fixed point of the
@@ -336,7 +339,10 @@ rhs_pi = sde.fokker_planck_rhs(pi_grid, x_fp, f_dw, g_dw, 0.0).abs().max()
 var_pi = float((pi_grid * x_fp ** 2).sum() * dx_fp)
 rhs_gauss = sde.fokker_planck_rhs(gauss(x_fp, 0.0, math.sqrt(var_pi)), x_fp, f_dw, g_dw, 0.0).abs().max()
 print(f"max |rhs| at pi: {rhs_pi:.1e};  at the moment-matched Gaussian: {rhs_gauss:.1e}")
-assert rhs_pi < 1e-2 * rhs_gauss
+
+# %% tags=["check"]
+exercises.check_between("rhs_pi / rhs_gauss", float(rhs_pi / rhs_gauss), 0.0, 1e-2,
+                        hint="the flux f pi - (g^2/2) pi' vanishes for pi = exp(-2V/g^2)/Z, normalized on the grid")
 
 # %% [markdown]
 # **Exercise 3 (Hutchinson's trace).** A CNF in high dimension cannot afford $\nabla\!\cdot v = \mathrm{tr}\,\nabla v$
@@ -349,7 +355,10 @@ eps = torch.randint(0, 2, (4000, *x_start2.shape), generator=gen).double() * 2 -
 hutch = torch.einsum("nbi,bij,nbj->nb", eps, J, eps).mean(0)
 exact_div = torch.vmap(torch.trace)(J)
 print(f"max |Hutchinson - trace| = {float((hutch - exact_div).abs().max()):.3f}")
-assert float((hutch - exact_div).abs().max()) < 0.15
+
+# %% tags=["check"]
+exercises.check_close("hutch", hutch, torch.vmap(torch.trace)(jac(x_start2)), rtol=0, atol=0.15,
+                      hint="average eps^T J eps over thousands of Rademacher eps, per point")
 
 # %% [markdown]
 # ## Summary
