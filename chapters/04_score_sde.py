@@ -563,7 +563,6 @@ grid_pc = schedules.uniform_grid(S["pc_steps"], 1.0, vp.t_min)
 alphas_pc = (vp.alpha(grid_pc[1:-1]) / vp.alpha(grid_pc[2:])) ** 2
 print(f"inline predictor-corrector == samplers.sample_predictor_corrector on VE (alpha_i = 1); on this VP grid "
       f"alpha_i runs from {float(alphas_pc.min()):.3f} (near t=1) to {float(alphas_pc.max()):.4f}")
-assert float(alphas_pc.min()) < 0.9     # on a coarse VP grid the factor is far from 1
 
 # %%
 runs = {
