@@ -45,7 +45,7 @@ S
 #
 # the discrete-state Fokker–Planck equation. Three answers for a 4-state chain: the matrix exponential,
 # RK4 on the master equation (`samplers.rk4_step`, the same step as the PF-ODE samplers), and Gillespie's
-# exact simulation of 50k chains (hold an $\mathrm{Exp}(-Q_{ii})$ time, jump to $j$ with probability
+# exact simulation of many chains (hold an $\mathrm{Exp}(-Q_{ii})$ time, jump to $j$ with probability
 # $Q_{ij}/(-Q_{ii})$).
 
 # %%

@@ -197,7 +197,7 @@ assert char_gap < 0.01 and z_cont.abs().max() < 5
 # %% [markdown]
 # **Fokker–Planck vs SDE particles.** A double well, $f = -V'(x)$ with $V(x) = x^4/4 - x^2/2$, and noise
 # $g = 0.8$, started at $\mathcal N(0, 0.5^2)$ on the hill top: the density splits into the two wells.
-# Particles by Euler–Maruyama with 400 steps (its weak error is then below the Monte Carlo error).
+# Particles by Euler–Maruyama with `S["em_steps"]` steps (its weak error is then below the Monte Carlo error).
 
 # %%
 V = lambda x: x ** 4 / 4 - x ** 2 / 2
@@ -228,11 +228,15 @@ fig.tight_layout()
 # large $g$ blurs them into one.
 
 # %%
+x_widget = torch.linspace(-2.5, 2.5, 101, dtype=torch.float64)      # a coarser grid: a redraw takes about a second
+
+
 def draw_fp(g=0.8, t=1.5):
-    p = sde.fokker_planck_1d(gauss(x_fp, m0, s0), x_fp, f_dw, g, 0.0, t, fp_steps(t, g))
+    n_steps = max(10, math.ceil(1.05 * t * g ** 2 / float(x_widget[1] - x_widget[0]) ** 2))
+    p = sde.fokker_planck_1d(gauss(x_widget, m0, s0), x_widget, f_dw, g, 0.0, t, n_steps)
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    ax.plot(x_fp, gauss(x_fp, m0, s0), ":", label="$p_0$")
-    ax.plot(x_fp, p, "k", label=f"$p_t$, t = {t:.1f}")
+    ax.plot(x_widget, gauss(x_widget, m0, s0), ":", label="$p_0$")
+    ax.plot(x_widget, p, "k", label=f"$p_t$, t = {t:.1f}")
     ax.set(xlabel="x", title=f"double well, g = {g:.2f}", ylim=(0, 1.5)); ax.legend()
     return fig
 

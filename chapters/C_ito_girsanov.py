@@ -173,8 +173,8 @@ config.record(appC_ito_EW2=float((WT ** 2).mean()), appC_girsanov_ess_fraction=e
               appC_girsanov_m2_reweighted=m2_rw, appC_girsanov_m2_exact=m2_P, appC_path_kl=kl_sim)
 
 # %% [markdown]
-# Turn $\theta$ (how far $P$ is from $Q$) and the horizon $T$: the weights degenerate (the ESS falls
-# roughly like $e^{-\mathrm{KL}}$), the reason importance sampling between path measures only works for
+# Turn $\theta$ (how far $P$ is from $Q$) and the horizon $T$: as $\mathrm{KL}(P\|Q)$ grows the weights
+# degenerate and the ESS collapses, the reason importance sampling between path measures only works for
 # nearby drifts.
 
 # %%
