@@ -26,13 +26,13 @@ profile, device, gen = config.setup(seed=0, threads=1)
 S = config.pick({
     "test": dict(ode_steps=(8, 16, 32, 64, 128), n_paths_strong=20_000, fine_steps=2 ** 9,
                  n_paths_weak=400_000, weak_steps=(4, 8, 16, 32), n_seeds=2),
-    "cpu": dict(ode_steps=(8, 16, 32, 64, 128, 256), n_paths_strong=100_000, fine_steps=2 ** 10,
-                n_paths_weak=2_000_000, weak_steps=(4, 8, 16, 32, 64), n_seeds=3),
+    "cpu": dict(ode_steps=(8, 16, 32, 64, 128, 256), n_paths_strong=50_000, fine_steps=2 ** 10,
+                n_paths_weak=1_000_000, weak_steps=(4, 8, 16, 32, 64), n_seeds=3),
 })
 S
 
 # %% [markdown]
-# ## 1. Existence, uniqueness, and the linear ODE solved exactly (§A.1.1–A.1.3)
+# ## 1. Existence, uniqueness, and the linear ODE solved exactly (§A.1, §A.1.3)
 #
 # An ODE $\dot x = F(x, t)$, $x(0)=x_0$ has exactly one solution on $[0, T]$ when $F$ is continuous in
 # $t$ and **Lipschitz** in $x$, $|F(x,t) - F(y,t)| \le L|x-y|$ (Picard–Lindelöf: the Picard iteration

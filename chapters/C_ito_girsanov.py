@@ -26,7 +26,7 @@ from utils import config, exercises, sde, widgets
 profile, device, gen = config.setup(seed=0, threads=1)
 S = config.pick({
     "test": dict(n_paths=100_000, n_steps=200, qv_steps=(16, 64, 256, 1024), n_qv_paths=4000),
-    "cpu": dict(n_paths=400_000, n_steps=400, qv_steps=(16, 64, 256, 1024, 4096), n_qv_paths=10_000),
+    "cpu": dict(n_paths=200_000, n_steps=200, qv_steps=(16, 64, 256, 1024, 4096), n_qv_paths=10_000),
 })
 S
 

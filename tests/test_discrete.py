@@ -89,11 +89,11 @@ def test_sampling_with_the_exact_denoiser_converges():
     X, p = _markov_data()
     g = torch.Generator().manual_seed(2)
     den = lambda x, t: discrete.exact_denoiser(x, X, p, discrete.token_kernel("masked", V, 0.0, t)[:V])
-    n = 20_000
+    n = 10_000
     floor = discrete.tv_noise_floor(p, n, generator=g)
-    tv_many = discrete.total_variation(discrete.empirical_distribution(discrete.sample(den, n, L, "masked", V, 32, g), V), p)
+    tv_many = discrete.total_variation(discrete.empirical_distribution(discrete.sample(den, n, L, "masked", V, 48, g), V), p)
     tv_one = discrete.total_variation(discrete.empirical_distribution(discrete.sample(den, n, L, "masked", V, 1, g), V), p)
-    assert tv_many < 1.6 * floor < tv_one
+    assert tv_many < 1.8 * floor and tv_one > 10 * floor          # one step: independent tokens
 
 
 def test_masked_loss_and_net_shapes():
