@@ -252,7 +252,8 @@ for proc, den in [("masked", den_masked), ("uniform", den_uniform)]:
           ", ".join(f"{n}: {v:.3f}" for n, v in tv_exact[proc].items()), f"(floor {tv_floor:.3f})")
     steps = S["step_counts"]
     assert abs(tv_exact[proc][1] - tv_independent) < 3 * tv_floor     # one step = independent tokens
-    assert all(tv_exact[proc][a] > tv_exact[proc][b] for a, b in zip(steps[:-1], steps[1:]))
+    assert all(tv_exact[proc][b] < tv_exact[proc][a] or tv_exact[proc][a] < 1.5 * tv_floor   # falls until the floor
+               for a, b in zip(steps[:-1], steps[1:]))
     assert tv_exact[proc][steps[-1]] < 1.5 * tv_floor
 
 # %% [markdown]
