@@ -240,3 +240,24 @@ def test_image_grid():
     assert float(g[0, 2]) == 1.0  # padding is white
     with pytest.raises(ValueError, match="x has shape"):
         data.image_grid(torch.zeros(2, 3, 4, 4))
+
+
+def test_clipped_x0_keeps_the_identity():
+    """ClippedX0: x0 in [-1, 1], and x = alpha x0 + sigma eps still holds; inside the range it is the model."""
+    torch.manual_seed(0)
+    schedule = VPLinear()
+    model = Denoiser(nets.UNet(base=8, mults=(1, 2)).eval(), "eps", schedule)
+    for p in model.net.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    clipped = fid.ClippedX0(model)
+    x, t = 3 * torch.randn(4, 1, 8, 8), torch.tensor([0.1, 0.5, 0.9, 0.99])
+    with torch.no_grad():
+        x0, eps = clipped.x0_eps(x, t)
+        raw_x0, raw_eps = model.x0_eps(x, t)
+    assert x0.abs().max() <= 1 and raw_x0.abs().max() > 1
+    a, s = schedule.alpha(t.double()).float()[:, None, None, None], schedule.sigma(t.double()).float()[:, None, None, None]
+    torch.testing.assert_close(a * x0 + s * eps, x, rtol=1e-4, atol=1e-4)
+    inside = raw_x0.abs() <= 1
+    torch.testing.assert_close(eps[inside], raw_eps[inside])
+    with pytest.raises(ValueError, match="lo, hi"):
+        fid.ClippedX0(model, 1.0, -1.0)

@@ -97,6 +97,7 @@ def test_checkpoint_loads_as_a_model_and_exports(tmp_path):
     exported_state.write_bytes(state.read_bytes())
     train_cmd.main([*TINY, "--target", "velocity", "--schedule", "linear", "--out", str(exported), "--export"])
     assert_same(weights(exported, "state_dict"), weights(out, "state_dict"))
+    assert "--export" not in torch.load(exported, weights_only=True)["meta"]["command"]
     clf = tmp_path / "clf.pt"
     train_cmd.main([*TINY, "--model", "classifier", "--steps", "2", "--out", str(clf)])
     net = train_cmd.load_pretrained(clf)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import torch
 
-from ._checks import check_int
+from ._checks import append_dims, as_time, check_int
 from .samplers import sample_heun
 from .targets import Model
 
@@ -135,3 +135,31 @@ def sample_images(model: Model, n: int, shape, grid, y=None, seed: int = 0, star
         with torch.no_grad():
             out.append(sampler(model, x, grid, y=None if y is None else y[b:b + m]))
     return torch.cat(out)
+
+
+class ClippedX0(Model):
+    """``model`` with its x0 estimate clipped to [lo, hi] and eps made consistent with it,
+    eps = (x - alpha x0) / sigma: DDPM's ``clip_denoised`` (Ho et al. 2020; static thresholding,
+    Saharia et al. 2022). Pixel data live in [-1, 1]; an undertrained or guided model's x0 at
+    high noise leaves that range, and a few-step sampler carries the excess into its samples."""
+
+    def __init__(self, model: Model, lo: float = -1.0, hi: float = 1.0):
+        if not isinstance(model, Model):
+            raise ValueError(f"model has type {type(model).__name__}; expected a utils.targets.Model")
+        if not lo < hi:
+            raise ValueError(f"(lo, hi)=({lo!r}, {hi!r}) is not valid; expected lo < hi")
+        super().__init__(model.schedule)
+        self.model, self.lo, self.hi = model, float(lo), float(hi)
+
+    def x0_eps(self, x, t, y=None):
+        x0, _ = self.model.x0_eps(x, t, y)
+        x0 = x0.clamp(self.lo, self.hi)
+        a, s = (append_dims(c.to(x.dtype), x.ndim) for c in
+                self.schedule._coefficients(as_time(t, like=x, batch=x.shape[0], check=False))[:2])
+        return x0, (x - a * x0) / s
+
+    def check_times(self, t):
+        self.model.check_times(t)
+
+    def __repr__(self):
+        return f"ClippedX0({self.model!r}, [{self.lo:g}, {self.hi:g}])"

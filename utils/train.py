@@ -193,7 +193,8 @@ def main(argv=None) -> Path | None:
     spec = spec_from_args(args)
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     net = build_net(spec).to(device)
-    meta = {"command": command_line(argv), "hardware": hardware(device, world), "world_size": world,
+    trained_by = [a for a in argv if a != "--export"]  # an export records the command that trained
+    meta = {"command": command_line(trained_by), "hardware": hardware(device, world), "world_size": world,
             "batch_per_rank": args.batch, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.export:
         return export(args.out, spec, meta)
