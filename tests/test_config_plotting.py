@@ -166,9 +166,15 @@ def test_live_sliders_in_a_kernel_in_every_profile(monkeypatch, profile):
     monkeypatch.setenv(widgets.STATIC_ENV, "0")
     w = widgets.explore(draw, sliders)
     assert not isinstance(w, matplotlib.figure.Figure) and hasattr(w, "children")
-    assert calls == [(0.3, "b")]  # the first frame, at the defaults
+    assert calls == [(0.3, "b")]  # the first frame, at the defaults, in the Output widget (state)
+    out = w.children[-1]
+    first = out.outputs[0]["data"]["image/png"]
     w.children[0].value = 0.7  # moving the slider redraws
-    assert calls[-1] == (0.7, "b")
+    assert calls[-1] == (0.7, "b") and len(out.outputs) == 1
+    assert out.outputs[0]["data"]["image/png"] != first
+    w.children[1].value = "c"  # so does the dropdown
+    assert calls[-1] == (0.7, "c")
+    assert not plt.get_fignums()  # every drawn figure is closed (no second copy from the inline backend)
     monkeypatch.delenv(widgets.STATIC_ENV)
     assert hasattr(widgets.explore(draw, sliders), "children")  # unset: sliders too
     monkeypatch.setenv(widgets.STATIC_ENV, "1")
@@ -180,6 +186,25 @@ def test_live_sliders_in_a_kernel_in_every_profile(monkeypatch, profile):
     monkeypatch.setenv(widgets.STATIC_ENV, "maybe")
     with pytest.raises(ValueError, match="DIFFUSION_STATIC_WIDGETS='maybe'"):
         widgets.explore(draw, sliders)
+    plt.close("all")
+
+
+def test_explorer_errors_show_under_the_sliders(monkeypatch):
+    """A redraw that raises shows its traceback as an error output under the sliders (a reader sees
+    it, the browser test fails on it); a first frame that raises raises in the cell."""
+    pytest.importorskip("ipywidgets")
+
+    def draw(t=0.5):
+        if t > 0.6:
+            raise ValueError(f"t={t} too large")
+        return plt.figure()
+
+    w = widgets.explore(draw, {"t": (0.0, 1.0, 0.1, 0.5)}, static=False)
+    w.children[0].value = 0.8
+    err = w.children[-1].outputs[0]
+    assert err["output_type"] == "error" and err["ename"] == "ValueError" and "t=0.8" in err["evalue"]
+    with pytest.raises(ValueError, match="t=0.9"):
+        widgets.explore(draw, {"t": (0.0, 1.0, 0.1, 0.9)}, static=False)
     plt.close("all")
 
 

@@ -50,8 +50,9 @@ def explore(draw, sliders: dict, static: bool | None = None):
     """Sliders over the keyword arguments of ``draw(**params) -> matplotlib Figure``.
 
     ``sliders`` maps a name to ``(min, max, step, default)`` (a float slider), or to a list of
-    options (a dropdown, default the first). Returns the ipywidgets ``interactive`` object, or
-    the static Figure drawn at the defaults.
+    options (a dropdown, default the first). Returns an ipywidgets ``VBox`` (the controls, then an
+    ``Output`` holding the figure, redrawn when a control changes; the first frame is drawn before
+    it returns), or the static Figure drawn at the defaults.
     """
     if not isinstance(sliders, dict) or not sliders:
         raise ValueError(f"sliders={sliders!r} is not valid; expected a dict name -> (min, max, step, default) or options")
@@ -83,13 +84,46 @@ def explore(draw, sliders: dict, static: bool | None = None):
                                  continuous_update=False)
         else:
             controls[name] = w.Dropdown(options=list(spec), value=spec[0], description=name)
+    out = w.Output()
 
-    def _show(**params):
-        fig = draw(**params)
-        plt.show()
-        return None
+    def redraw(change=None):
+        params = {name: c.value for name, c in controls.items()}
+        try:
+            out.outputs = (_figure_output(draw(**params)),)
+        except Exception as exc:  # shown under the sliders; the first frame raises instead
+            if change is None:
+                raise
+            out.outputs = (_error_output(exc),)
 
-    return w.interactive(_show, **controls)
+    redraw()  # the first frame, drawn now, at the defaults
+    for c in controls.values():
+        c.observe(redraw, names="value")
+    return w.VBox([*controls.values(), out], _dom_classes=["widget-interact"])
+
+
+def _figure_output(fig) -> dict:
+    """A matplotlib Figure as a Jupyter ``display_data`` output (PNG), the figure closed.
+
+    The explorer sets its Output widget's outputs to this directly (widget state) instead of
+    capturing what the inline backend prints: captured output is routed by message id, and while
+    the front end is still creating the Output widget (a notebook's "Run All" on a busy machine)
+    the first frame lands below the widget instead of in it."""
+    import base64
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight")
+    plt.close(fig)
+    return {"output_type": "display_data", "metadata": {},
+            "data": {"image/png": base64.b64encode(buf.getvalue()).decode("ascii"), "text/plain": repr(fig)}}
+
+
+def _error_output(exc: Exception) -> dict:
+    """An exception raised by a redraw as a Jupyter ``error`` output (shown under the sliders)."""
+    import traceback
+
+    return {"output_type": "error", "ename": type(exc).__name__, "evalue": str(exc),
+            "traceback": traceback.format_exception(type(exc), exc, exc.__traceback__)}
 
 
 def velocity_field_explorer(model, oracle=None, lim: float = 3.0, n_arrows: int = 17,
