@@ -300,14 +300,14 @@ fig, ax = plt.subplots(1, 2, figsize=(11, 4))
 for t in (0.05, 0.2, 0.5):
     a, s = float(vp_tw.alpha(t)), float(vp_tw.sigma(t))
     cov_line = score_matching.tweedie_covariance(lambda z: oracle_tw.score(z, t), a * circle, a, s)
-    ax[0].plot(theta, cov_line.diagonal(dim1=1, dim2=2).sum(1), label=f"t={t}: Tweedie (Hessian)")
+    ax[0].semilogy(theta, cov_line.diagonal(dim1=1, dim2=2).sum(1), label=f"t={t}: Tweedie (Hessian)")
     ax[0].plot(theta[::8], score_matching.mixture_posterior(eight, a * circle[::8], a, s)[1].diagonal(dim1=1, dim2=2).sum(1),
                "k.", ms=4)
 ax[0].set_xlabel(r"angle $\theta$ of $x=\alpha_t\,2(\cos\theta,\sin\theta)$ (modes at 0, $\pi/4$, $\pi/2$)")
 ax[0].set_title(r"tr Cov$[x_0\mid x_t]$: Tweedie (lines), exact (dots)"); ax[0].legend(fontsize=8)
 t = 0.05
 a, s = float(vp_tw.alpha(t)), float(vp_tw.sigma(t))
-pts = torch.cat([circle[::10] * r for r in (0.8, 1.0, 1.2)])
+pts = torch.cat([circle[::15] * r for r in (0.7, 1.0, 1.3)])
 cov_pts = score_matching.tweedie_covariance(lambda z: oracle_tw.score(z, t), a * pts, a, s)
 plotting.plot_density(lambda p: oracle_tw.log_prob(p, t), ax=ax[1], lim=3, cmap="Greys")
 evals, evecs = torch.linalg.eigh(cov_pts)
