@@ -532,7 +532,7 @@ with torch.no_grad():
 # Tweedie's formula returns $\mathbb E[x_0\mid x_{t_{\min}}]$.
 
 # %%
-def predictor_corrector(denoiser, x, grid, snr, generator):
+def predictor_corrector(denoiser, x, grid, snr, generator, use_alpha=True):
     """Song et al. (2021) Alg. 1: reverse-SDE predictor, one Langevin corrector with Algs. 4-5's step."""
     sched = denoiser.schedule
     n = len(grid) - 1
@@ -546,22 +546,23 @@ def predictor_corrector(denoiser, x, grid, snr, generator):
         # corrector: one Langevin step on p_{t_next}
         if i < n - 1:
             alpha_i = float(sched.alpha(t_next) / sched.alpha(float(grid[i + 2]))) ** 2   # 1 - beta_i; 1 for VE
+            alpha_i = alpha_i if use_alpha else 1.0                                          # (Alg. 4's step on VP)
             s = denoiser.score(x, t_next)
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
             eta = 2 * alpha_i * (snr * z.norm(dim=1).mean() / s.norm(dim=1).mean()) ** 2
             x = x + eta * s + torch.sqrt(2 * eta) * z
     return denoiser.x0(x, float(grid[-1]))
 
-# VE has alpha_i = 1, where the step is the one samplers.sample_predictor_corrector takes:
-grid_ve = schedules.uniform_grid(50, 1.0, 0.0)
-x1_ve = samplers.sample_prior(ve, (500, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
-mine = predictor_corrector(mix.denoiser(ve), x1_ve, grid_ve, 0.16, torch.Generator().manual_seed(3))
-ref = samplers.sample_predictor_corrector(mix.denoiser(ve), x1_ve, grid_ve, n_corrector=1, snr=0.16,
-                                          generator=torch.Generator().manual_seed(3))
-torch.testing.assert_close(mine, ref)
+# the same step as samplers.sample_predictor_corrector, on VE (alpha_i = 1) and on VP (alpha_i = 1 - beta_i):
 grid_pc = schedules.uniform_grid(S["pc_steps"], 1.0, vp.t_min)
+for sched, grid_check in ((ve, schedules.uniform_grid(50, 1.0, 0.0)), (vp, grid_pc)):
+    x1_check = samplers.sample_prior(sched, (500, 2), torch.Generator().manual_seed(1), dtype=torch.float64)
+    mine = predictor_corrector(mix.denoiser(sched), x1_check, grid_check, 0.16, torch.Generator().manual_seed(3))
+    ref = samplers.sample_predictor_corrector(mix.denoiser(sched), x1_check, grid_check, n_corrector=1, snr=0.16,
+                                              generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(mine, ref)
 alphas_pc = (vp.alpha(grid_pc[1:-1]) / vp.alpha(grid_pc[2:])) ** 2
-print(f"inline predictor-corrector == samplers.sample_predictor_corrector on VE (alpha_i = 1); on this VP grid "
+print(f"inline predictor-corrector == samplers.sample_predictor_corrector on VE and VP; on this VP grid "
       f"alpha_i runs from {float(alphas_pc.min()):.3f} (near t=1) to {float(alphas_pc.max()):.4f}")
 
 # %%
@@ -571,8 +572,8 @@ runs = {
     "predictor-corrector": (lambda d, x, g: predictor_corrector(d, x, grid_pc, 0.16, g), 2 * S["pc_steps"]),
     "PF-ODE (Heun)": (lambda d, x, g: samplers.sample_heun(
         d, x, schedules.uniform_grid(S["ode_steps"], 1.0, vp.t_min)), 2 * S["ode_steps"]),
-    "PC without alpha_i (utils)": (lambda d, x, g: samplers.sample_predictor_corrector(
-        d, x, grid_pc, generator=g), 2 * S["pc_steps"]),
+    "PC without alpha_i": (lambda d, x, g: predictor_corrector(d, x, grid_pc, 0.16, g, use_alpha=False),
+                           2 * S["pc_steps"]),
 }
 ref = lambda n, g: mix.sample(n, g)[0]
 samples, results = {}, {}
@@ -583,7 +584,7 @@ for name, (run, nfe) in runs.items():
     print(f"{name:22s} NFE {nfe:3d}: {results[name]}")
 for name, cmp in results.items():
     assert cmp.ratio < 1.5, (name, cmp)
-config.record(**{"nb04_" + name.split(" (")[0].replace(" ", "_").replace("-", "_").lower() + "_sw_ratio": float(cmp.ratio) for name, cmp in results.items() if "utils" not in name})
+config.record(**{"nb04_" + name.split(" (")[0].replace(" ", "_").replace("-", "_").lower() + "_sw_ratio": float(cmp.ratio) for name, cmp in results.items() if "without" not in name})
 
 # %%
 fig, axes = plt.subplots(1, 4, figsize=(15, 3.9))

@@ -306,7 +306,10 @@ def sample_predictor_corrector(model: Model, x, grid, n_corrector: int = 1, snr:
                                y=None, generator=None, callback=None):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1; Ch. 4): a reverse-SDE Euler-Maruyama
     predictor step (:func:`reverse_sde_step`), then ``n_corrector`` Langevin corrector steps at the
-    new time with the step set by a target signal-to-noise ratio: eta = 2 (snr ||z|| / ||score||)^2."""
+    new time with the step set by a target signal-to-noise ratio (Alg. 4 VE, Alg. 5 VP):
+    eta = 2 alpha_i (snr ||z|| / ||score||)^2, with alpha_i = (alpha(t_i) / alpha(t_{i-1}))^2 the
+    forward step's 1 - beta_i into the corrector's level t_i from the next, smaller grid time
+    (alpha_i = 1 for VE and EDM)."""
     grid = _start(model, x, grid, callback)
     check_int("n_corrector", n_corrector, 0)
     check_positive("snr", snr)
@@ -317,7 +320,8 @@ def sample_predictor_corrector(model: Model, x, grid, n_corrector: int = 1, snr:
         for _ in range(n_corrector if i < n - 1 else 0):
             s = model.score(x, t_next, y)
             z = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
-            eta = 2 * (snr * z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean()) ** 2
+            alpha_i = (model.schedule.alpha(t_next) / model.schedule.alpha(float(grid[i + 2]))) ** 2
+            eta = 2 * alpha_i * (snr * z.flatten(1).norm(dim=1).mean() / s.flatten(1).norm(dim=1).mean()) ** 2
             x = x + eta * s + torch.sqrt(2 * eta) * z
         _emit(callback, i, t_next, x, x0)
     return model.x0(x, float(grid[-1]), y) if float(model.schedule.sigma(float(grid[-1]))) > 0 else x
