@@ -281,8 +281,8 @@ def dissipation(p):
     return float((0.5 * (p[1:] + p[:-1]) * grad_mu ** 2).sum() * dx_fp)
 
 
-n_chunks = 40
-dt_chunk = S["gf_time"] / n_chunks
+dt_chunk = 0.05                                        # dF/dt by central differences over 2 chunks
+n_chunks = round(S["gf_time"] / dt_chunk)
 p = gauss(x_fp, 1.0, 0.3)
 times, F_vals, KL_vals, D_vals = [0.0], [free_energy(p)], [kl_to_pi(p)], [dissipation(p)]
 for k in range(n_chunks):
@@ -301,7 +301,7 @@ kl_rate = -sde.fitted_order(torch.tensor(times)[half].exp(), KL_vals[half])     
 print(f"late-time decay KL ~ exp(-{kl_rate:.2f} t)")
 assert kl_rate > 0.2 and KL_vals[-1] < 0.25 * KL_vals[0]
 assert float((F_vals - 0.5 * g_dw ** 2 * KL_vals).std()) < 1e-6
-assert rel[: n_chunks // 2].max() < 0.1                                   # while dissipation is far from 0
+assert rel[: n_chunks // 2].max() < 0.05                                  # while dissipation is far from 0
 fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
 axes[0].semilogy(times, KL_vals, "o-", ms=3); axes[0].set(xlabel="t", ylabel=r"KL$(p_t\|\pi)$", title="free energy falls")
 axes[1].plot(x_fp, gauss(x_fp, 1.0, 0.3), ":", label="$p_0$"); axes[1].plot(x_fp, p, "k", label=f"$p_t$, t = {times[-1]:.0f}")
