@@ -1,0 +1,278 @@
+"""What a reader sees in JupyterLab: chapters run in a real browser, and every slider redraws.
+
+For each chapter of BROWSER_CHAPTERS this starts JupyterLab on localhost (a free port, a random
+token, a throw-away copy of the notebooks, its own settings), opens the notebook in headless
+Chromium through Playwright, runs all cells in the ``test`` profile (the root conftest.py pins it),
+then moves every ipywidgets slider (a mouse drag on the handle, as a reader does) and every dropdown
+of every ``utils.widgets`` explorer, and checks that the figure under it was redrawn (the PNG's
+data changed). It fails on any error output: in a cell, or in a widget's output after a move.
+The number of live explorers must equal the number of code cells whose value is a
+``widgets.`` call, so a widget that fell back to its static figure fails too.
+
+Needs the ``playwright`` Python package and a Chromium on disk (Debian's ``/usr/bin/chromium``, or
+the path in ``$DIFFUSION_CHROMIUM``); no browser is downloaded. Without either the module is
+skipped, so a reader's plain ``pytest`` passes. ``.ci/run`` installs both.
+
+Add a chapter to BROWSER_CHAPTERS to cover it (any chapter with widgets).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BROWSER_CHAPTERS = ["00_getting_started", "04_score_sde", "05_flow_matching"]
+
+RUN_ALL_TIMEOUT_S = 900     # one chapter's "Run All" in the test profile (about 2 min alone)
+REDRAW_TIMEOUT_S = 120      # one slider move's redraw (1-2 s on a quiet machine)
+SERVER_START_TIMEOUT_S = 120
+
+playwright_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright")
+pytest.importorskip("jupyterlab", reason="the browser test needs jupyterlab")
+
+
+def _chromium() -> str | None:
+    """Path of a Chromium on disk: $DIFFUSION_CHROMIUM, else Debian's or one on PATH."""
+    candidates = [os.environ.get("DIFFUSION_CHROMIUM"), "/usr/bin/chromium", "/usr/bin/chromium-browser",
+                  shutil.which("chromium"), shutil.which("chromium-browser")]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+CHROMIUM = _chromium()
+pytestmark = [
+    pytest.mark.skipif(CHROMIUM is None, reason="the browser test needs chromium (apt-get install chromium)"),
+    # one worker runs the whole module (it is heavy: a JupyterLab server and a kernel at a time)
+    pytest.mark.xdist_group("browser"),
+    pytest.mark.browser,
+    # honoured where pytest-timeout is installed; the waits below have their own limits anyway
+    pytest.mark.timeout(3 * RUN_ALL_TIMEOUT_S),
+]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(settings_dir: Path):
+    """JupyterLab settings for the test: every cell in the page (no windowing, so every widget is
+    in the DOM), no autosave, no news pop-up."""
+    settings = {
+        "@jupyterlab/notebook-extension/tracker.jupyterlab-settings": {"windowingMode": "none"},
+        "@jupyterlab/docmanager-extension/plugin.jupyterlab-settings": {"autosave": False},
+        "@jupyterlab/apputils-extension/notification.jupyterlab-settings": {"fetchNews": "false",
+                                                                             "checkForUpdates": False},
+    }
+    for name, value in settings.items():
+        path = settings_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(value))
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A JupyterLab server on a copy of the chapters (so nothing a run writes reaches the repository),
+    with links to utils/ and data/: yields (base url, token)."""
+    work = tmp_path_factory.mktemp("lab")
+    (work / "chapters").mkdir()
+    for name in BROWSER_CHAPTERS:
+        shutil.copy(ROOT / "chapters" / f"{name}.ipynb", work / "chapters")
+    for shared in ("utils", "data"):  # the set-up cell finds utils/ in a parent of the notebook
+        if (ROOT / shared).exists():
+            (work / shared).symlink_to(ROOT / shared, target_is_directory=True)
+    _write_settings(work / "settings")
+    port, token = _free_port(), secrets.token_hex(16)
+    env = dict(os.environ)
+    env.pop("DIFFUSION_STATIC_WIDGETS", None)  # a reader's JupyterLab: live sliders
+    env.update(JUPYTER_CONFIG_DIR=str(work / "config"), JUPYTER_RUNTIME_DIR=str(work / "runtime"))
+    log = open(work / "server.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
+         f"--ServerApp.port={port}", "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+         f"--ServerApp.root_dir={work}", "--LabApp.expose_app_in_browser=True",
+         f"--LabApp.user_settings_dir={work / 'settings'}", f"--LabApp.workspaces_dir={work / 'workspaces'}"],
+        cwd=work, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/api/status?token={token}", timeout=5)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"JupyterLab did not start:\n{(work / 'server.log').read_text()[-3000:]}")
+                time.sleep(0.5)
+        yield url, token
+    finally:
+        server.terminate()
+        try:
+            server.wait(30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, headless=True)
+        yield b
+        b.close()
+
+
+def _expected_explorers(name: str) -> int:
+    """Code cells whose value is a utils.widgets explorer (a line that starts with ``widgets.``)."""
+    nb = json.loads((ROOT / "chapters" / f"{name}.ipynb").read_text())
+    return sum(1 for c in nb["cells"] if c["cell_type"] == "code"
+               and re.search(r"^widgets\.\w+\(", "".join(c["source"]), re.M))
+
+
+# State of the open notebook: cells still queued or running, code cells run, error outputs.
+_STATE_JS = r"""() => {
+  const nb = window.__nb, cells = nb.content.widgets;
+  let pending = 0, done = 0, code = 0; const errors = [];
+  cells.forEach((c, i) => {
+    if (c.model.type !== 'code') return;
+    code++;
+    const prompt = (c.node.querySelector('.jp-InputArea-prompt') || {}).textContent || '';
+    if (prompt.includes('*')) pending++;
+    if (c.model.executionCount !== null) done++;
+    for (const o of c.model.outputs.toJSON())
+      if (o.output_type === 'error') errors.push(`cell ${i}: ${o.ename}: ${o.evalue}\n${(o.traceback || []).join('\n').replace(/\x1b\[[0-9;]*m/g, '').slice(-1500)}`);
+  });
+  const kernel = nb.sessionContext.session && nb.sessionContext.session.kernel;
+  return {pending, done, code, errors, status: kernel ? kernel.status : 'none'};
+}"""
+
+# Tracebacks rendered anywhere in the page (cells' outputs and widgets' Output areas).
+_TRACEBACKS_JS = """() => Array.from(document.querySelectorAll(
+    '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'))
+  .map(e => e.textContent).filter(t => /Traceback|Error/.test(t)).map(t => t.slice(-600))"""
+
+
+def _open_and_run_all(page, url, token, name):
+    page.goto(f"{url}/lab?token={token}")
+    page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
+    page.evaluate("""async (path) => {
+      const app = window.jupyterapp;
+      await app.restored;
+      window.__nb = await app.commands.execute('docmanager:open', {path, factory: 'Notebook', kernel: {name: 'python3'}});
+      await window.__nb.context.ready;
+      await window.__nb.sessionContext.ready;
+    }""", f"chapters/{name}.ipynb")
+    page.wait_for_function("() => { const k = window.__nb.sessionContext.session.kernel;"
+                           " return k && k.status === 'idle'; }", timeout=120_000)
+    page.evaluate("() => { window.jupyterapp.shell.activateById(window.__nb.id);"
+                  " window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+    deadline = time.monotonic() + RUN_ALL_TIMEOUT_S
+    while True:
+        state = page.evaluate(_STATE_JS)
+        assert not state["errors"], f"{name}: error output in a cell: {state['errors']}"
+        if state["pending"] == 0 and state["done"] == state["code"] and state["status"] == "idle":
+            return state
+        assert time.monotonic() < deadline, f"{name}: Run All did not finish in {RUN_ALL_TIMEOUT_S} s: {state}"
+        time.sleep(1.0)
+
+
+def _figure_src(explorer) -> str | None:
+    img = explorer.locator(".jp-OutputArea-output img")
+    return img.first.get_attribute("src") if img.count() else None
+
+
+def _wait_redraw(page, explorer, before: str | None, what: str) -> float:
+    t0 = time.monotonic()
+    try:
+        page.wait_for_function(
+            """([el, before]) => { const i = el.querySelector('.jp-OutputArea-output img');
+                                   return !!(i && i.src && i.src !== before) || !!el.querySelector(
+                                     '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]'); }""",
+            arg=[explorer.element_handle(), before], timeout=REDRAW_TIMEOUT_S * 1000)
+    except playwright_api.TimeoutError:
+        outputs = explorer.locator(".jp-OutputArea-output").all_inner_texts()
+        pytest.fail(f"{what}: the figure did not change in {REDRAW_TIMEOUT_S} s; output text: {outputs}")
+    errors = explorer.locator('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')
+    assert not errors.count(), f"{what}: error output: {errors.all_inner_texts()}"
+    assert _figure_src(explorer) != before, f"{what}: the figure did not change"
+    return time.monotonic() - t0
+
+
+def _drag_slider(page, slider):
+    """Drag the handle a third of the track towards its far side (as a reader does with the mouse)."""
+    handle = slider.locator(".noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    track = slider.locator(".noUi-target").first.bounding_box()
+    box = handle.bounding_box()
+    x, y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    centre = track["x"] + track["width"] / 2
+    target = x + track["width"] / 3 if x < centre else x - track["width"] / 3
+    page.mouse.move(x, y)
+    page.mouse.down()
+    page.mouse.move(target, y, steps=8)
+    page.mouse.up()
+
+
+@pytest.mark.parametrize("name", BROWSER_CHAPTERS)
+def test_chapter_in_jupyterlab(lab, browser, name):
+    url, token = lab
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    t0 = time.monotonic()
+    try:
+        _open_and_run_all(page, url, token, name)
+        run_s = time.monotonic() - t0
+        expected = _expected_explorers(name)
+        explorers = page.locator(".widget-interact")
+        page.wait_for_function(f"() => document.querySelectorAll('.widget-interact').length >= {expected}",
+                               timeout=60_000)
+        assert explorers.count() == expected, f"{name}: {explorers.count()} live explorers, expected {expected}"
+        redraws = []
+        for k in range(expected):
+            explorer = explorers.nth(k)
+            try:  # the first frame, drawn when the cell ran
+                page.wait_for_function("(el) => !!el.querySelector('.jp-OutputArea-output img')",
+                                       arg=explorer.element_handle(), timeout=REDRAW_TIMEOUT_S * 1000)
+            except playwright_api.TimeoutError:
+                pytest.fail(f"{name} explorer {k}: no figure; its HTML: {explorer.inner_html()[:3000]}")
+            sliders = explorer.locator(".widget-slider")
+            for j in range(sliders.count()):
+                slider = sliders.nth(j)
+                label = f"{name} explorer {k} slider {slider.locator('label').first.inner_text()!r}"
+                readout = slider.locator(".widget-readout").first.inner_text()
+                before = _figure_src(explorer)
+                _drag_slider(page, slider)
+                redraws.append((label, _wait_redraw(page, explorer, before, label)))
+                assert slider.locator(".widget-readout").first.inner_text() != readout, f"{label}: value unchanged"
+            dropdowns = explorer.locator(".widget-dropdown select")
+            for j in range(dropdowns.count()):
+                select = dropdowns.nth(j)
+                options = select.locator("option")
+                current = select.input_value()
+                other = next(options.nth(i).get_attribute("value") for i in range(options.count())
+                             if options.nth(i).get_attribute("value") != current)
+                before = _figure_src(explorer)
+                select.select_option(other)
+                label = f"{name} explorer {k} dropdown {j} -> {other}"
+                redraws.append((label, _wait_redraw(page, explorer, before, label)))
+        tracebacks = page.evaluate(_TRACEBACKS_JS)
+        assert not tracebacks, f"{name}: error output: {tracebacks}"
+        assert not page.evaluate(_STATE_JS)["errors"]
+        print(f"\n{name}: run all {run_s:.0f} s; " +
+              "; ".join(f"{label}: redraw {s:.1f} s" for label, s in redraws))
+    finally:
+        try:
+            page.evaluate("async () => { if (window.__nb) { await window.__nb.sessionContext.shutdown();"
+                          " window.__nb.context.model.dirty = false; window.__nb.close(); } }")
+        finally:
+            page.close()
