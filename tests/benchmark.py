@@ -3,12 +3,17 @@
     python tests/benchmark.py                 # everything
     python tests/benchmark.py --only 00 04    # notebooks whose name starts with these prefixes
     python tests/benchmark.py --no-notebooks  # only the oracle sampler table
+    python tests/benchmark.py --profile cpu --no-oracle   # a reader's laptop: each chapter's time
 
 Not part of the test run (timings on a shared machine are noisy; targets are read from here, not
 asserted in timed tests). Rows:
 
-* each notebook's wall time executed top to bottom in the ``test`` profile, and the key figures it
-  hands over with ``utils.config.record`` (sample-quality ratios, errors, slopes, ...);
+* each notebook's wall time executed top to bottom in the ``test`` profile (or the one given with
+  ``--profile``: ``cpu`` is what a reader without CUDA gets, and every chapter must finish within
+  CPU_BUDGET_S there), and the key figures it hands over with ``utils.config.record``
+  (sample-quality ratios, errors, slopes, ...). Notebooks run one after another, each kernel with
+  torch's default threads unless ``--threads`` is given; time it on a quiet machine (the load
+  average before and after each notebook is written beside its time);
 * for the oracle-driven samplers, the sliced-Wasserstein distance to the data against the
   data-vs-data noise floor at a fixed sample size (8000 samples = 20 chunks of 400).
 """
@@ -30,17 +35,31 @@ import torch  # noqa: E402
 from utils import data, metrics, samplers, schedules  # noqa: E402
 
 RESULTS = ROOT / "tests" / "benchmark_results.json"
+PROFILES = ("test", "cpu", "gpu")
+CPU_BUDGET_S = 600  # a chapter in the cpu profile: within 10 minutes on a 2-core laptop
 
 
-def run_notebook(path: Path) -> dict:
-    """Execute one notebook in the test profile; return its wall time and recorded figures."""
+def results_path(profile: str) -> Path:
+    """tests/benchmark_results.json for the test profile, benchmark_results_<profile>.json otherwise."""
+    return RESULTS if profile == "test" else RESULTS.with_name(f"benchmark_results_{profile}.json")
+
+
+def run_notebook(path: Path, profile: str = "test", threads: int | None = None) -> dict:
+    """Execute one notebook in ``profile``; return its wall time, status, recorded figures and the
+    1-minute load average before and after (a busy machine inflates the time)."""
+    if profile not in PROFILES:
+        raise ValueError(f"profile={profile!r} is not valid; expected one of {PROFILES}")
     import nbformat
     from nbclient import NotebookClient
 
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "figures.json"
-        os.environ.update(DIFFUSION_PROFILE="test", MPLBACKEND="Agg", DIFFUSION_BENCHMARK_OUT=str(out),
+        os.environ.update(DIFFUSION_PROFILE=profile, MPLBACKEND="Agg", DIFFUSION_BENCHMARK_OUT=str(out),
+                          DIFFUSION_STATIC_WIDGETS="1",  # one figure per widget, as under nbval
                           PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+        if threads is not None:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
+        load_before = os.getloadavg()[0]
         nb = nbformat.read(path, as_version=4)
         client = NotebookClient(nb, timeout=1800, kernel_name="python3",
                                 resources={"metadata": {"path": str(path.parent)}})
@@ -52,7 +71,22 @@ def run_notebook(path: Path) -> dict:
             status = f"FAILED: {type(exc).__name__}: {str(exc).splitlines()[-1][:120] if str(exc) else ''}"
         seconds = time.perf_counter() - start
         figures = json.loads(out.read_text()) if out.exists() else {}
-    return {"seconds": round(seconds, 1), "status": status, "figures": figures}
+    return {"seconds": round(seconds, 1), "status": status, "figures": figures, "profile": profile,
+            "load_before": round(load_before, 2), "load_after": round(os.getloadavg()[0], 2)}
+
+
+def time_table(notebooks: dict, profile: str) -> str:
+    """Each chapter's wall time in ``profile`` as a text table (with the cpu budget check)."""
+    lines = [f"{'chapter':<32} {'seconds':>8} {'load':>11}  status",
+             f"{'-' * 32} {'-' * 8} {'-' * 11}  {'-' * 6}"]
+    for name, r in notebooks.items():
+        note = r["status"]
+        if profile == "cpu" and r["status"] == "ok" and r["seconds"] > CPU_BUDGET_S:
+            note = f"ok, OVER the {CPU_BUDGET_S} s budget"
+        lines.append(f"{name:<32} {r['seconds']:>8.1f} {r['load_before']:>5.2f}-{r['load_after']:<5.2f}  {note}")
+    total = sum(r["seconds"] for r in notebooks.values())
+    lines.append(f"{'total':<32} {total:>8.1f}")
+    return "\n".join(lines)
 
 
 def oracle_samplers(n: int = 8000, seed: int = 0) -> list[dict]:
@@ -91,33 +125,55 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", nargs="*", default=None, help="notebook name prefixes, e.g. 00 04")
     parser.add_argument("--no-notebooks", action="store_true", help="skip executing the notebooks")
+    parser.add_argument("--no-oracle", action="store_true", help="skip the oracle sampler table")
+    parser.add_argument("--profile", choices=PROFILES, default="test",
+                        help="profile the notebooks run in (default test; cpu = a reader's laptop)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="OMP_NUM_THREADS for the kernels (default: torch's default)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="JSON file (default tests/benchmark_results.json, _<profile>.json for cpu/gpu)")
     args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error(f"--threads={args.threads} is not valid; expected a positive int")
+    out_path = args.out or results_path(args.profile)
+    kernel_threads = args.threads or os.environ.get("OMP_NUM_THREADS", "default")
 
     results = {"machine": {"threads": torch.get_num_threads(), "torch": torch.__version__,
+                           "cpus": os.cpu_count(), "profile": args.profile,
+                           "kernel_threads": kernel_threads,
                            "date": time.strftime("%Y-%m-%d %H:%M")}}
-    print("Oracle-driven samplers on 8gaussians (sliced Wasserstein vs the data-vs-data floor):")
-    rows = oracle_samplers()
-    print(f"{'schedule':<10} {'sampler':<28} {'steps':>5} {'NFE':>4} {'SW':>7} {'floor':>7} {'ratio':>6} {'s':>6}")
-    for r in rows:
-        print(f"{r['schedule']:<10} {r['sampler']:<28} {r['steps']:>5} {r['nfe']:>4} {r['sw']:>7.4f} "
-              f"{r['floor']:>7.4f} {r['ratio']:>6.2f} {r['seconds']:>6.1f}")
-    results["oracle_samplers"] = rows
+    if not args.no_oracle:
+        print("Oracle-driven samplers on 8gaussians (sliced Wasserstein vs the data-vs-data floor):")
+        rows = oracle_samplers()
+        print(f"{'schedule':<10} {'sampler':<28} {'steps':>5} {'NFE':>4} {'SW':>7} {'floor':>7} {'ratio':>6} {'s':>6}")
+        for r in rows:
+            print(f"{r['schedule']:<10} {r['sampler']:<28} {r['steps']:>5} {r['nfe']:>4} {r['sw']:>7.4f} "
+                  f"{r['floor']:>7.4f} {r['ratio']:>6.2f} {r['seconds']:>6.1f}")
+        results["oracle_samplers"] = rows
 
     if not args.no_notebooks:
         notebooks = sorted((ROOT / "chapters").glob("*.ipynb"))
         if args.only:
             notebooks = [p for p in notebooks if any(p.name.startswith(o) for o in args.only)]
         results["notebooks"] = {}
-        print("\nNotebooks in the test profile:")
+        print(f"\nNotebooks in the {args.profile} profile:")
         for path in notebooks:
-            res = run_notebook(path)
+            res = run_notebook(path, args.profile, args.threads)
             results["notebooks"][path.stem] = res
             figs = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in res["figures"].items())
             print(f"{path.stem:<32} {res['seconds']:>7.1f} s  {res['status']}\n    {figs}", flush=True)
 
-    RESULTS.write_text(json.dumps(results, indent=1))
-    print(f"\nwrote {RESULTS.relative_to(ROOT)}")
+        print(f"\nWall time per chapter, {args.profile} profile, {os.cpu_count()} CPUs, "
+              f"kernel threads {kernel_threads}:")
+        print(time_table(results["notebooks"], args.profile))
+
+    out_path.write_text(json.dumps(results, indent=1))
+    print(f"\nwrote {out_path}")
+    failed = [n for n, r in results.get("notebooks", {}).items() if r["status"] != "ok"]
+    over = [n for n, r in results.get("notebooks", {}).items()
+            if args.profile == "cpu" and r["seconds"] > CPU_BUDGET_S]
+    return 1 if failed or over else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
