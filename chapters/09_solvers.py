@@ -618,6 +618,170 @@ def draw(nfe=10):
 widgets.explore(draw, {"nfe": (4, 40, 2, 10)})
 
 # %% [markdown]
+# ## Images: the solvers on a Fashion-MNIST U-Net
+#
+# The published comparisons of these solvers are FID against NFE on image models. Here is that
+# experiment in miniature, on the shipped class-conditional U-Net `fmnist_unet_cfg.pt` (ε-prediction,
+# VP-linear, the schedule of this chapter; sampled at $\omega=1$, the conditional model, the same number
+# of samples per class). Two measurements, because on images there is no exact solution:
+#
+# * **classifier-FID** of the samples against real test images, in the features of the project's
+#   Fashion-MNIST classifier (`utils.fid`), read against its floor (real training vs real test images
+#   at the same sample size: FID is biased upwards at small $n$);
+# * the **pathwise error**: the root-mean-square pixel distance to a fine solution of the *network's*
+#   PF-ODE from the same starting noise (per-sample seeds, `fid.per_sample_noise`). This is the error the
+#   solver adds; FID mixes it with the network's own error, which no solver removes.
+#
+# In the `gpu` profile the U-Net is trained from scratch by the command in
+# `data/checkpoints/MANIFEST.json`; in `test` and `cpu` the shipped weights are loaded (SHA-256 checked).
+# Without the checkpoints or Fashion-MNIST (`data/README.md`) the section is skipped.
+
+# %%
+import shlex
+from utils import fid
+from utils.train import load_pretrained, read_manifest, main as train_command
+IMG = config.pick({
+    "test": dict(n_per_class=10, nfes=(4, 8, 16), n_path=16, ref_steps=100, show=8),
+    "cpu": dict(n_per_class=50, nfes=(4, 6, 8, 12, 16, 24), n_path=50, ref_steps=200, show=8),
+    "gpu": dict(n_per_class=500, nfes=(4, 6, 8, 12, 16, 24, 32, 48), n_path=200, ref_steps=500, show=8),
+})
+CKPT = ROOT / "data" / "checkpoints"
+CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
+def shipped(name):
+    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
+    path = CKPT / name
+    if not path.exists():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(2) == b"PK"
+
+
+def image_model(name, train=False):
+    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
+    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
+    if not train:
+        return load_pretrained(name, device=device)
+    args = shlex.split(read_manifest()[name]["command"])
+    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
+    out = ROOT / "data" / "runs" / name
+    args[args.index("--out") + 1] = str(out)
+    train_command(args + ["--resume"])
+    return load_pretrained(out, device=device)
+
+
+def solve_with(solver):
+    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
+    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
+
+need = ["fmnist_classifier.pt"] + ([] if profile == "gpu" else ["fmnist_unet_cfg.pt"])
+missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+IMAGES = not missing
+if IMAGES:
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
+    fid_clf = image_model("fmnist_classifier.pt")
+    x_train = data.load_image_dataset("fashion-mnist", "train")[0].to(device)
+    x_test = data.load_image_dataset("fashion-mnist", "test")[0].to(device)
+    print(f"U-Net: {sum(p.numel() for p in unet.net.parameters()):,} parameters, {unet.meta['steps']} steps "
+          f"({unet.meta['hardware']})")
+else:
+    print(f"skipping the image section: {', '.join(missing)} not found (see data/README.md)")
+
+# %% [markdown]
+# Three solvers of this chapter at a few NFE, on the uniform-$\lambda$ grid with a last denoising step to $t=0$
+# (as in the 2D comparison above): DDIM (first order), DPM-Solver-2 (second order, two evaluations per step)
+# and DPM-Solver++(2M) (second order, one evaluation per step, reusing the last one). The NFE is counted by
+# `solvers.CountingModel`, not assumed. The model's $\hat x_0$ is clipped to the data range at every evaluation
+# (`fid.ClippedX0`, as in Ho et al.'s sampler; Ch. 8's image section shows why a small ε-network needs it), so the ODE solved is
+# that of the clipped model.
+
+# %%
+IMG_SOLVERS = {"DDIM": solvers.ddim, "DPM-Solver-2": solvers.dpm_solver_2, "DPM-Solver++(2M)": solvers.dpm_solver_pp_2m}
+
+
+def image_grid_t(n_steps):
+    """n_steps steps uniform in log-SNR from t=1 to t_min, then the denoising step to t=0."""
+    return torch.cat([schedules.log_snr_grid(unet.schedule, n_steps), torch.zeros(1, dtype=torch.float64)])
+
+
+if IMAGES:
+    n_img = 10 * IMG["n_per_class"]
+    y_img = torch.arange(10).repeat(IMG["n_per_class"])          # classes 0..9, 0..9, ...: any prefix is balanced
+    g_img = torch.Generator().manual_seed(0)
+    x_ref = x_test[torch.randperm(x_test.shape[0], generator=g_img)[:n_img]]
+    floor_img = sum(fid.fid_floor(x_train, x_test, fid_clf, n_img, g_img) for _ in range(3)) / 3
+    teacher = fid.ClippedX0(unet)                                  # x0 clipped to [-1, 1] (Ch. 8's image section)
+    x_fine = fid.sample_images(teacher, IMG["n_path"], (1, 28, 28), image_grid_t(IMG["ref_steps"]), y=y_img[:IMG["n_path"]],
+                               seed=1, sampler=solve_with(solvers.dpm_solver_pp_2m))
+    counter = solvers.CountingModel(teacher)
+    img_runs = {}                                                  # (solver, nfe) -> dict
+    for name, f in tqdm(IMG_SOLVERS.items(), desc="solvers"):
+        for nfe in IMG["nfes"]:
+            steps = solvers.steps_for_nfe(f.__name__, nfe - 1)     # the last evaluation is the denoising step
+            x_s = fid.sample_images(counter.reset(), n_img, (1, 28, 28), image_grid_t(steps), y=y_img, seed=1,
+                                    sampler=solve_with(f))
+            img_runs[name, nfe] = dict(x=x_s, nfe=counter.points / n_img, fid=fid.classifier_fid(x_s, x_ref, fid_clf),
+                                       path=float((x_s[:IMG["n_path"]] - x_fine).pow(2).mean().sqrt()))
+    print(f"n = {n_img} samples; FID floor (real vs real) {floor_img:.1f}; pathwise error: RMS pixel distance "
+          f"(pixels in [-1, 1]) to {IMG['ref_steps']}-step DPM-Solver++(2M) on {IMG['n_path']} paths")
+    print(f"{'solver':18s}" + "".join(f"{'NFE ' + str(n):>17s}" for n in IMG["nfes"]) + "    (FID / floor, pathwise error)")
+    for name in IMG_SOLVERS:
+        print(f"{name:18s}" + "".join(f"{img_runs[name, n]['fid'] / floor_img:9.2f} {img_runs[name, n]['path']:7.3f}"
+                                      for n in IMG["nfes"]))
+
+# %%
+if IMAGES:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for name in IMG_SOLVERS:
+        runs = [img_runs[name, n] for n in IMG["nfes"]]
+        a1.plot([r["nfe"] for r in runs], [r["fid"] / floor_img for r in runs], "o-", label=name)
+        a2.loglog([r["nfe"] for r in runs], [r["path"] for r in runs], "o-", label=name)
+    a1.axhline(1.0, color="gray", ls=":", label="floor (real vs real)")
+    a1.set(xscale="log", xlabel="NFE", ylabel="classifier-FID / floor", title="sample quality")
+    a2.set(xlabel="NFE", ylabel="RMS distance to the fine ODE solution", title="solver error")
+    for ax in (a1, a2):
+        ax.set_xticks(IMG["nfes"], [str(n) for n in IMG["nfes"]])
+        ax.minorticks_off()
+    a1.legend(fontsize=8)
+    plt.tight_layout()
+    plt.show()
+    fig, axs = plt.subplots(1, len(IMG_SOLVERS), figsize=(4.2 * len(IMG_SOLVERS), 0.55 * (len(IMG["nfes"]) + 1) + 0.8))
+    for ax, name in zip(axs, IMG_SOLVERS):
+        rows = torch.cat([img_runs[name, n]["x"][:IMG["show"]] for n in IMG["nfes"]] + [x_fine[:IMG["show"]]])
+        ax.imshow(data.image_grid(rows, nrow=IMG["show"]), cmap="gray")
+        ax.set_yticks([29 * k + 14 for k in range(len(IMG["nfes"]) + 1)],
+                      [f"NFE {img_runs[name, n]['nfe']:.0f}" for n in IMG["nfes"]] + ["fine ODE"], fontsize=8)
+        ax.set_xticks([])
+        ax.set_title(name)
+    fig.suptitle("the same starting noise and labels, solved with more and more evaluations")
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# What the 2D experiments predicted holds on images. Every solver's samples improve with NFE, and the
+# pathwise error falls fastest for the second-order DPM-Solver++(2M), which spends one evaluation per step.
+# DPM-Solver-2 pays two evaluations per step: at 4 NFE it has one step across the whole log-SNR range, and what
+# comes out is dominated by its evaluations at high noise, where an ε-network's $\hat x_0$ is its error divided by
+# $\alpha_t$ (clipped: saturated pixels); it needs about 15 NFE to catch up. At the most NFE shown the FID of the
+# solvers draws together: what remains is the network's error, not the solver's (Ch. 10-11 take it from there:
+# few-step generation needs more than a better solver).
+
+# %%
+if IMAGES:
+    lo, hi = min(IMG["nfes"]), max(IMG["nfes"])
+    for name in IMG_SOLVERS:
+        assert img_runs[name, hi]["fid"] < 0.8 * img_runs[name, lo]["fid"], name        # more NFE, better samples
+        assert img_runs[name, hi]["path"] < 0.5 * img_runs[name, lo]["path"], name      # and closer to the ODE's
+    assert img_runs["DPM-Solver++(2M)", hi]["path"] < 0.7 * img_runs["DDIM", hi]["path"]  # order pays at equal NFE
+    best = min(img_runs[name, hi]["fid"] for name in IMG_SOLVERS)
+    assert best < 4.0 * floor_img                            # and the samples are near real data
+    config.record(nb09_img_fid_over_floor_pp2m_lo=img_runs["DPM-Solver++(2M)", lo]["fid"] / floor_img,
+                  nb09_img_fid_over_floor_pp2m_hi=img_runs["DPM-Solver++(2M)", hi]["fid"] / floor_img,
+                  nb09_img_path_error_ddim_hi=img_runs["DDIM", hi]["path"],
+                  nb09_img_path_error_pp2m_hi=img_runs["DPM-Solver++(2M)", hi]["path"])
+
+# %% [markdown]
 # ## Exercises
 #
 # **Exercise 1 (DPM-Solver-2 from a Taylor expansion).** Expand $\hat\epsilon(x_\lambda,\lambda)$ to first order
