@@ -1,14 +1,15 @@
 """Benchmark of the shipped image checkpoints (data/checkpoints/, MANIFEST.json).
 
-    .venv/bin/python tests/benchmark_images.py [--n 1000] [--w 3] [--update-manifest]
+    .venv/bin/python tests/benchmark_images.py [--n 500] [--w 3] [--update-manifest]
 
 Prints, and with ``--update-manifest`` writes into MANIFEST.json:
 
 * classifier-FID of the unconditional model (the CFG U-Net asked with the null label) at 50 NFE
   (DPM-Solver++(2M), 50 steps on EDM's grid) against n real test images, next to the floor (n real
   training images against the same n test images' distribution) and their ratio (target: < 5);
-* the FID classifier's accuracy on class-conditional samples with classifier-free guidance at a
-  moderate w (target: > 0.9), and the same with classifier guidance (noise-conditional classifier);
+* the FID classifier's accuracy on class-conditional samples (20 NFE) with classifier-free
+  guidance at a moderate w (target: > 0.9), and the same with classifier guidance
+  (noise-conditional classifier);
 * the FID classifier's accuracy on the real test set;
 * seconds to draw 16 samples at 20 NFE from each model, on the threads given (default 2).
 """
@@ -50,11 +51,12 @@ def seconds_for_16(model, nfe=20, y=None):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", type=int, default=1000, help="samples for the FID (and the floor)")
-    p.add_argument("--n-acc", type=int, default=500, help="samples for the guided accuracies")
+    p.add_argument("--n", type=int, default=500, help="samples for the FID (and the floor)")
+    p.add_argument("--n-acc", type=int, default=200, help="samples for the guided accuracies")
     p.add_argument("--w", type=float, default=3.0, help="CFG weight (0 unconditional, 1 conditional)")
     p.add_argument("--w-cg", type=float, default=3.0, help="classifier-guidance weight")
-    p.add_argument("--nfe", type=int, default=50)
+    p.add_argument("--nfe", type=int, default=50, help="NFE of the FID samples")
+    p.add_argument("--nfe-acc", type=int, default=20, help="NFE of the guided samples")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--update-manifest", action="store_true")
     args = p.parse_args(argv)
@@ -75,11 +77,11 @@ def main(argv=None):
           f"{fid_uncond / floor:.2f} x floor   ({time.perf_counter() - start:.0f} s)")
 
     labels = torch.arange(args.n_acc) % 10
-    cond = draw(ClassifierFreeGuidance(unet, 1.0), args.n_acc, args.nfe, labels)
-    cfg = draw(ClassifierFreeGuidance(unet, args.w), args.n_acc, args.nfe, labels)
+    cond = draw(ClassifierFreeGuidance(unet, 1.0), args.n_acc, args.nfe_acc, labels)
+    cfg = draw(ClassifierFreeGuidance(unet, args.w), args.n_acc, args.nfe_acc, labels)
     acc_cond, acc_cfg = (fid.classifier_accuracy(s, labels, clf) for s in (cond, cfg))
-    print(f"accuracy on samples: conditional (w=1) {acc_cond:.3f}, CFG w={args.w:g} {acc_cfg:.3f}")
-    cg = draw(ClassifierGuidance(unet, noisy, args.w_cg), args.n_acc, args.nfe, labels)
+    print(f"accuracy on samples ({args.nfe_acc} NFE): conditional (w=1) {acc_cond:.3f}, CFG w={args.w:g} {acc_cfg:.3f}")
+    cg = draw(ClassifierGuidance(unet, noisy, args.w_cg), args.n_acc, args.nfe_acc, labels)
     acc_cg = fid.classifier_accuracy(cg, labels, clf)
     print(f"accuracy on samples: classifier guidance w={args.w_cg:g} {acc_cg:.3f}")
 
@@ -96,7 +98,7 @@ def main(argv=None):
                    "fid_over_floor": round(fid_uncond / floor, 2), "fid_n": args.n,
                    "sampler": f"ClippedX0, dpm_solver_pp_2m, {args.nfe} steps, edm_grid",
                    "accuracy_conditional_w1": round(acc_cond, 4), f"accuracy_cfg_w{args.w:g}": round(acc_cfg, 4),
-                   "accuracy_n": args.n_acc, "seconds_16_samples_20nfe": round(times["unconditional"], 2),
+                   "accuracy_n": args.n_acc, "accuracy_nfe": args.nfe_acc, "seconds_16_samples_20nfe": round(times["unconditional"], 2),
                    "seconds_16_samples_20nfe_cfg": round(times["cfg"], 2)},
             CLASSIFIER: {"test_accuracy": round(test_acc, 4)},
             NOISY: {f"accuracy_classifier_guidance_w{args.w_cg:g}": round(acc_cg, 4),
