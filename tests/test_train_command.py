@@ -116,3 +116,20 @@ def test_load_errors(tmp_path):
     torch.save({"weights": torch.zeros(1)}, bad)
     with pytest.raises(ValueError, match="not a utils.train checkpoint"):
         train_cmd.load_checkpoint_file(bad)
+
+
+def test_a_constant_lr_run_can_be_extended(tmp_path):
+    """With a constant lr, --steps only says where to stop: 4 steps then --resume to 6 equals 6 steps;
+    under a cosine schedule (which depends on --steps) a changed --steps is refused."""
+    args = [*TINY, "--ckpt-every", "2", "--lr", "3e-3", "--lr-schedule", "constant"]
+    full = train_cmd.main([*args, "--steps", "6", "--out", str(tmp_path / "full.pt")])
+    out = tmp_path / "extended.pt"
+    train_cmd.main([*args, "--steps", "4", "--out", str(out)])
+    train_cmd.main([*args, "--steps", "6", "--out", str(out), "--resume"])
+    assert_same(weights(out, "state_dict"), weights(full, "state_dict"))
+    with pytest.raises(ValueError, match="already at step 6"):
+        train_cmd.main([*args, "--steps", "5", "--out", str(out), "--resume"])
+    cosine = [*TINY, "--ckpt-every", "2", "--lr-schedule", "cosine"]
+    train_cmd.main([*cosine, "--steps", "2", "--out", str(tmp_path / "cos.pt")])
+    with pytest.raises(ValueError, match=r"steps=4 \(saved 2\)"):
+        train_cmd.main([*cosine, "--steps", "4", "--out", str(tmp_path / "cos.pt"), "--resume"])

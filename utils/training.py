@@ -192,7 +192,8 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
         checkpoint_path: if given, the full training state (:func:`save_training_state`) is written
             there every ``checkpoint_every`` steps (if given) and at the end, atomically.
         resume: continue from ``checkpoint_path`` if that file exists (else start afresh); the
-            arguments above must match the saved run. The result equals an uninterrupted run.
+            arguments above must match the saved run (``steps`` excepted when ``lr_schedule`` is
+            ``constant``: a run may be extended). The result equals an uninterrupted run.
         amp: run ``loss_fn`` under ``torch.autocast`` in bfloat16 (mixed precision; meant for a
             GPU, where bfloat16 needs no loss scaling); the weights and Adam stay in float32.
 
@@ -221,7 +222,13 @@ def train(net: torch.nn.Module, loss_fn, data, steps: int, batch_size: int = 256
            "warmup": warmup, "ema_decay": float(ema_decay), "grad_clip": grad_clip, "seed": seed,
            "rank": rank, "device_type": device.type}
     if resume and Path(checkpoint_path).exists():
-        step0, history = load_training_state(checkpoint_path, inner, ema, opt, sched, generator, noise_gen, run)
+        # with a constant lr, ``steps`` only says where to stop: a run may be extended
+        must_match = {k: v for k, v in run.items() if not (k == "steps" and lr_schedule == "constant")}
+        step0, history = load_training_state(checkpoint_path, inner, ema, opt, sched, generator, noise_gen,
+                                             must_match)
+        if step0 > steps:
+            raise ValueError(f"steps={steps!r} is not valid; the state in {str(checkpoint_path)!r} is "
+                             f"already at step {step0}")
     batches = _batches(data, labels, batch_size, generator, device)
     seconds0, start, pending = history.seconds, time.perf_counter(), []
     bar = tqdm(range(step0, steps), desc=desc, disable=not progress, mininterval=0.5,
