@@ -745,7 +745,130 @@ assert all(r["semigroup"] < 0.2 * scale for r in res.values())
 # composes well. The differential residuals are larger: they test the derivatives of the map, which
 # no loss here matches directly (MeanFlow's loss contains the Eulerian derivative, but only at the
 # training pairs and against a noisy conditional velocity).
+
+# %% [markdown]
+# ## Images: what one step has to close
 #
+# On Fashion-MNIST the teacher is the shipped class-conditional U-Net `fmnist_unet_cfg.pt` (ε-prediction on
+# the VP-linear schedule, sampled at $\omega=1$, the conditional model). A flow map $\Psi_{1\to0}$ would give its
+# PF-ODE's endpoint in one evaluation. Below is what the teacher itself gives at 1, 2 and 4 evaluations
+# (DDIM for one, DPM-Solver++(2M) for more, on a uniform log-SNR grid whose last step lands on $t=0$; Ch. 9) against
+# a 50-evaluation solution from the same noise, all with $\hat x_0$ clipped to the data range (`fid.ClippedX0`, Ch. 8):
+# the gap a one-step generator trained as in §11.2-11.5 must close. It is measured three ways: the classifier-FID of the project's Fashion-MNIST classifier against real test images
+# (`utils.fid`, read against the real-vs-real floor at the same sample size), that classifier's accuracy on
+# the labels asked for, and the pixel distance to the 50-step endpoint (what a perfect flow map returns).
+#
+# *A one-step image model (a flow map distilled from or trained beside this U-Net) is pending; when
+# it is shipped its row goes into this table.* In the `gpu` profile the U-Net is trained from scratch by the
+# command in `data/checkpoints/MANIFEST.json`; in `test` and `cpu` the shipped weights are loaded (SHA-256
+# checked). Without the checkpoints or Fashion-MNIST (`data/README.md`) the section is skipped.
+
+# %%
+import shlex
+from tqdm.auto import tqdm
+from utils import fid, solvers
+from utils.train import load_pretrained, read_manifest, main as train_command
+IMG = config.pick({
+    "test": dict(n_per_class=10, nfes=(1, 2, 4), ref_nfe=50, show=10),
+    "cpu": dict(n_per_class=40, nfes=(1, 2, 3, 4, 8), ref_nfe=50, show=10),
+    "gpu": dict(n_per_class=500, nfes=(1, 2, 3, 4, 8, 16), ref_nfe=100, show=10),
+})
+CKPT = ROOT / "data" / "checkpoints"
+CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
+def shipped(name):
+    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
+    path = CKPT / name
+    if not path.exists():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(2) == b"PK"
+
+
+def image_model(name, train=False):
+    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
+    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
+    if not train:
+        return load_pretrained(name, device=device)
+    args = shlex.split(read_manifest()[name]["command"])
+    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
+    out = ROOT / "data" / "runs" / name
+    args[args.index("--out") + 1] = str(out)
+    train_command(args + ["--resume"])
+    return load_pretrained(out, device=device)
+
+
+def solve_with(solver):
+    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
+    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
+
+need = ["fmnist_classifier.pt"] + ([] if profile == "gpu" else ["fmnist_unet_cfg.pt"])
+missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+IMAGES = not missing
+if IMAGES:
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
+    fid_clf = image_model("fmnist_classifier.pt")
+    x_train = data.load_image_dataset("fashion-mnist", "train")[0].to(device)
+    x_test = data.load_image_dataset("fashion-mnist", "test")[0].to(device)
+else:
+    print(f"skipping the image section: {', '.join(missing)} not found (see data/README.md)")
+
+# %%
+def teacher_grid(nfe):
+    """nfe evaluations: nfe steps uniform in log-SNR from t=1, the last one landing on t=0 (a denoising step)."""
+    grid = schedules.log_snr_grid(unet.schedule, nfe)
+    grid[-1] = 0.0
+    return grid
+
+
+if IMAGES:
+    n_img = 10 * IMG["n_per_class"]
+    y_img = torch.arange(10).repeat(IMG["n_per_class"])
+    g_img = torch.Generator().manual_seed(0)
+    x_ref = x_test[torch.randperm(x_test.shape[0], generator=g_img)[:n_img]]
+    floor_img = sum(fid.fid_floor(x_train, x_test, fid_clf, n_img, g_img) for _ in range(3)) / 3
+    few = {}
+    for nfe in tqdm((*IMG["nfes"], IMG["ref_nfe"]), desc="teacher NFE"):
+        x_k = fid.sample_images(fid.ClippedX0(unet), n_img, (1, 28, 28), teacher_grid(nfe), y=y_img, seed=1,
+                                sampler=solve_with(solvers.ddim if nfe == 1 else solvers.dpm_solver_pp_2m))
+        few[nfe] = dict(x=x_k, fid=fid.classifier_fid(x_k, x_ref, fid_clf), acc=fid.classifier_accuracy(x_k, y_img, fid_clf))
+    x_end = few[IMG["ref_nfe"]]["x"]
+    for r in few.values():
+        r["dist"] = float((r["x"] - x_end).flatten(1).norm(dim=1).mean())
+    print(f"alpha at t = 1: {float(unet.schedule.alpha(1.0)):.4f}")
+    print(f"n = {n_img} samples; FID floor (real vs real) {floor_img:.1f}; distance: mean L2 over the 784 pixels "
+          f"(data norm ~{float(x_ref.flatten(1).norm(dim=1).mean()):.0f})")
+    print(f"{'NFE':>4s} {'FID / floor':>12s} {'accuracy':>9s} {'|x - endpoint|':>15s}")
+    for nfe, r in few.items():
+        print(f"{nfe:4d} {r['fid'] / floor_img:12.2f} {r['acc']:9.3f} {r['dist']:15.2f}")
+    fig, ax = plt.subplots(figsize=(7.5, 0.75 * (len(few)) + 0.8))
+    ax.imshow(data.image_grid(torch.cat([r["x"][:IMG["show"]] for r in few.values()]), nrow=IMG["show"]), cmap="gray")
+    ax.set_yticks([29 * k + 14 for k in range(len(few))], [f"{nfe} NFE" for nfe in few], fontsize=9)
+    ax.set_xticks([29 * c + 14 for c in range(IMG["show"])], CLASS_SHORT[:IMG["show"]], fontsize=7, rotation=30)
+    ax.set_title("the teacher from the same noise and label at 1, 2, 4, ... evaluations")
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# One evaluation of an ε-network at $t=1$ returns $\hat x_0=(x_1-\sigma_1\hat\epsilon)/\alpha_1$: the class's posterior mean
+# *plus the network's error divided by* $\alpha_1\approx 0.007$, clipped to the data range. What comes out is saturated
+# noise with the garment's outline faintly inside. Two evaluations (a stop at the middle log-SNR, then the posterior
+# mean there) give a blurred, averaged garment; a few more converge on the endpoint. This is why the generators of
+# this chapter do not reuse the teacher's parameterisation for the jump: a consistency model writes $f=c_\text{skip}(s)\,x+c_\text{out}(s)\,F_\theta$ (§11.2),
+# MeanFlow learns the average velocity $h$ with $x_0=x_1-h$ (§11.5), so the network's output *is* the jump and its
+# error is not amplified near the prior. Learning to make the first row look like the last is the whole task.
+
+# %%
+if IMAGES:
+    lo, ref = min(IMG["nfes"]), IMG["ref_nfe"]
+    assert few[lo]["fid"] > 2.0 * few[ref]["fid"]                 # one step of the teacher is far from its ODE samples
+    assert few[ref]["fid"] < 4.0 * floor_img                      # which are near real data
+    assert few[lo]["dist"] > 2.0 * few[max(IMG["nfes"])]["dist"]  # more evaluations converge on the endpoint
+    config.record(nb11_img_teacher_1nfe_fid_over_floor=few[lo]["fid"] / floor_img,
+                  nb11_img_teacher_ref_fid_over_floor=few[ref]["fid"] / floor_img)
+
+# %% [markdown]
 # ## Exercises
 #
 # 1. **Convert MeanFlow's clock.** The MeanFlow paper writes $u(z_t,r,t)$ with $r<t$ and one step
