@@ -680,6 +680,178 @@ plotting.plot_trajectories(rec.xs, ax=ax, n_paths=12, title="DDPM ancestral traj
 # ratio stays near 1.
 
 # %% [markdown]
+# ## Images: DDPM on Fashion-MNIST
+#
+# The same chain, the same ELBO and the same ancestral sampler on 28×28 images. The model is the shipped
+# U-Net `fmnist_unet_cfg.pt`: an ε-predictor trained with $\mathcal L_\text{simple}$ on the continuous VP-linear
+# schedule (whose $N$-step discretisation is Ho's linear chain, §2 above). It was trained with class labels and
+# label dropout (for Ch. 8's guidance); asked without a label it is the unconditional model this chapter needs.
+# In the `gpu` profile it is trained from scratch by the command in `data/checkpoints/MANIFEST.json`
+# (`python -m utils.train ...`); in `test` and `cpu` the shipped weights are loaded (SHA-256 checked). Without
+# the checkpoint or Fashion-MNIST (`data/README.md` says how to get them) the section is skipped.
+#
+# **The forward chain on a real image.** Run the chain $x_i=\sqrt{1-\beta_i}\,x_{i-1}+\sqrt{\beta_i}\,z_i$ step by step from one
+# test image (many independent copies), and compare the empirical mean and variance of $x_i$ with the closed form
+# $q(x_i\mid x_0)=\mathcal N(\sqrt{\bar\alpha_i}x_0,(1-\bar\alpha_i)I)$ (Ho eq. 4).
+
+# %%
+import shlex
+from utils import fid
+from utils.train import load_pretrained, read_manifest, main as train_command
+IMG = config.pick({
+    "test": dict(copies=256, N=1000, elbo_images=4, sample_steps=100, n_samples=16),
+    "cpu": dict(copies=512, N=1000, elbo_images=32, sample_steps=1000, n_samples=64),
+    "gpu": dict(copies=1024, N=1000, elbo_images=256, sample_steps=1000, n_samples=256),
+})
+CKPT = ROOT / "data" / "checkpoints"
+CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
+
+
+def shipped(name):
+    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
+    path = CKPT / name
+    if not path.exists():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(2) == b"PK"
+
+
+def image_model(name, train=False):
+    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
+    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
+    if not train:
+        return load_pretrained(name, device=device)
+    args = shlex.split(read_manifest()[name]["command"])
+    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
+    out = ROOT / "data" / "runs" / name
+    args[args.index("--out") + 1] = str(out)
+    train_command(args + ["--resume"])
+    return load_pretrained(out, device=device)
+
+
+def solve_with(solver):
+    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
+    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
+
+need = [] if profile == "gpu" else ["fmnist_unet_cfg.pt"]
+missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+IMAGES = not missing
+if IMAGES:
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
+    x_test, y_test = (a.to(device) for a in data.load_image_dataset("fashion-mnist", "test"))
+    chain_img = ddpm.DDPMChain.from_schedule(unet.schedule, IMG["N"])   # alpha_bar_i = alpha(i/N)^2 of the U-Net's schedule
+    print(chain_img, f"(Ho's linear chain: {ddpm.DDPMChain.linear(IMG['N'])})")
+else:
+    print(f"skipping the image section: {', '.join(missing)} not found (see data/README.md)")
+
+# %%
+if IMAGES:
+    x0_img = x_test[:1].double()                                      # one test image (an ankle boot)
+    g_fwd = torch.Generator().manual_seed(30)
+    x = x0_img.repeat(IMG["copies"], 1, 1, 1)
+    checks = (10, 100, 300, 600, IMG["N"])
+    fwd = {}
+    for i in range(1, IMG["N"] + 1):
+        x = chain_img.forward_step(x, i, g_fwd)
+        if i in checks:
+            mean, var = chain_img.marginal(x0_img, i)
+            z2 = ((x.mean(0) - mean[0]) ** 2 / (var / IMG["copies"])).mean()    # ~1 if the mean is right
+            fwd[i] = dict(z2=float(z2), var_ratio=float((x.var(0) / var).mean()), x=x[0].clone())
+    print(f"{IMG['copies']} copies of one image through the chain, step by step; per pixel, averaged over the 784:")
+    print(f"{'i':>5s} {'sqrt(alpha_bar_i)':>18s} {'(mean error)^2 / (var/M)':>26s} {'var / (1 - alpha_bar_i)':>24s}")
+    for i, r in fwd.items():
+        print(f"{i:5d} {float(chain_img.alpha_bar[i].sqrt()):18.4f} {r['z2']:26.2f} {r['var_ratio']:24.3f}")
+    for r in fwd.values():
+        assert 0.8 < r["z2"] < 1.25 and abs(r["var_ratio"] - 1) < 0.02   # the chain's marginal is q(x_i | x_0)
+
+    # one image per class through the closed-form marginal, at a few steps
+    first = torch.tensor([int((y_test == c).nonzero()[0]) for c in range(10)])
+    steps_show = (0, 50, 100, 200, 300, 500, 700, 1000)
+    g_show = torch.Generator().manual_seed(31)
+    rows = torch.cat([chain_img.sample_marginal(x_test[first].double(), i, g_show)[0] for i in steps_show])
+    fig, ax = plt.subplots(figsize=(7, 6.2))
+    ax.imshow(data.image_grid(rows.float(), nrow=10), cmap="gray")
+    ax.set_yticks([29 * k + 14 for k in range(len(steps_show))],
+                  [f"i={i}, " + r"$\sqrt{\bar\alpha}$" + f"={float(chain_img.alpha_bar[i].sqrt()):.2f}" for i in steps_show], fontsize=8)
+    ax.set_xticks([])
+    ax.set_title(r"$x_i \sim q(x_i \mid x_0)$, one test image per class")
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
+# The empirical mean sits within its standard error of $\sqrt{\bar\alpha_i}x_0$ (the ratio in the middle column is
+# about 1) and the variance is $1-\bar\alpha_i$ to within a percent at every step checked, averaged over the pixels: a
+# thousand small steps compose to one Gaussian jump. By $i=500$ ($\sqrt{\bar\alpha}\approx 0.3$) the garment is hard to
+# see; at $i=N$ nothing of it is left (the table's last row).
+#
+# **The ELBO, term by term, on images.** `ddpm.elbo_terms` with the U-Net as $\hat\varepsilon_\theta$ (asked at
+# $t_i=i/N$ of its own schedule, exactly the chain's noise level): $L_0$ (Gaussian decoder of variance $\beta_1$), the
+# KL terms $L_1,\dots,L_{N-1}$ and the prior term $L_N$, in nats per image, on a few test images. The negative ELBO
+# bounds $-\log p_\theta(x_0)$ for the continuous density on $[-1,1]^{784}$; in **bits per dimension** on the 256 grey
+# levels (the convention of Ho et al.'s likelihood tables) it is $(-\text{ELBO} + D\log 127.5)/(D\log 2)$ with $D=784$,
+# which any model must keep below 8 (uniform over the levels) to have learned anything.
+
+# %%
+if IMAGES:
+    x_elbo_img = x_test[torch.randperm(x_test.shape[0], generator=torch.Generator().manual_seed(32))[:IMG["elbo_images"]]]
+    terms_img = ddpm.elbo_terms(unet, chain_img, x_elbo_img, torch.Generator().manual_seed(33))   # (B, N + 1)
+    D = x_elbo_img[0].numel()
+    nelbo_img = terms_img.sum(1)
+    bpd = (nelbo_img + D * math.log(127.5)) / (D * math.log(2))
+    kl_mid = terms_img[:, 1:-1].mean(0)                               # L_1 .. L_{N-1}, averaged over images
+    share_low = float(kl_mid[: IMG["N"] // 10].sum() / kl_mid.sum())
+    print(f"-ELBO = {float(nelbo_img.mean()):.0f} nats per image: L_0 = {float(terms_img[:, 0].mean()):.0f}, "
+          f"sum L_1..L_(N-1) = {float(kl_mid.sum()):.0f}, L_N = {float(terms_img[:, -1].mean()):.1e}")
+    print(f"= {float(bpd.mean()):.2f} bits/dim (± {float(bpd.std()) / math.sqrt(len(bpd)):.2f} over {len(bpd)} images); "
+          f"the first 10% of the steps (lowest noise) hold {share_low:.0%} of the KL terms")
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.semilogy(range(1, IMG["N"]), kl_mid, lw=1)
+    ax.set(xlabel="step i (noise grows to the right)", ylabel=r"$L_{i}$ (nats per image)",
+           title="the ELBO's KL terms on Fashion-MNIST test images")
+    plt.tight_layout()
+    plt.show()
+    assert float(bpd.mean()) < 8.0                                   # better than uniform over the 256 levels
+    assert float(terms_img[:, -1].max()) <= 0.5 * float(chain_img.alpha_bar[-1]) * D * 1.01   # L_N ~ alpha_bar_N |x_0|^2 / 2: no parameters, ~0
+    assert share_low > 0.5                                           # most of the bound is in the low-noise steps
+
+# %% [markdown]
+# Most of the bound is spent in the first, low-noise steps, on details no one sees (Ho et al. §4.3 read the
+# same split as "a lossy compressor": the late steps carry the perceptible content in a few bits). This is
+# also why $\mathcal L_\text{simple}$ drops the ELBO's large weights at low noise (§5 above): a likelihood-weighted loss
+# would spend the network on exactly those steps.
+#
+# **Ancestral sampling.** Ho et al.'s Alg. 2, `ddpm.sample_ddpm`, from pure noise, on a chain of
+# `sample_steps` steps (the same continuous schedule, coarser: $N=100$ in `test`, 1000 otherwise), recording $x_i$ along the way.
+# As in Ho et al.'s released sampler, the predicted $\hat x_0$ is clipped to the data range $[-1,1]$ at every step
+# (`fid.ClippedX0`: $\hat x_0=(x_i-\sqrt{1-\bar\alpha_i}\hat\varepsilon)/\sqrt{\bar\alpha_i}$ amplifies the network's error where
+# $\bar\alpha_i$ is small); the reverse step then uses the ε consistent with the clipped $\hat x_0$.
+
+# %%
+if IMAGES:
+    chain_s = ddpm.DDPMChain.from_schedule(unet.schedule, IMG["sample_steps"])
+    picks = [round(k * IMG["sample_steps"] / 7) for k in range(8)]      # steps after which to keep x (0: x_N)
+    kept = {}
+
+    def keep_some(info):
+        """Sampler callback: keep the first four states after the steps in ``picks``."""
+        if info["i"] + 1 in picks:
+            kept[info["i"] + 1] = info["x"][:4].cpu()
+
+    x_N_img = torch.randn(IMG["n_samples"], 1, 28, 28, generator=torch.Generator().manual_seed(34)).to(device)
+    kept[0] = x_N_img[:4].cpu()
+    x_gen = ddpm.sample_ddpm(fid.ClippedX0(unet), x_N_img, chain_s, generator=torch.Generator().manual_seed(35), callback=keep_some)
+    path_img = torch.stack([kept[k] for k in picks], 1)                # (4, 8, 1, 28, 28): x_N ... x_0
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.2), gridspec_kw={"width_ratios": [1, 1.05]})
+    a1.imshow(data.image_grid(x_gen[:16], nrow=4), cmap="gray")
+    a1.set_title(f"{min(16, IMG['n_samples'])} ancestral samples, N = {IMG['sample_steps']}")
+    a1.axis("off")
+    a2.imshow(data.image_grid(path_img.reshape(-1, 1, 28, 28), nrow=len(picks)), cmap="gray")
+    a2.set_title("four of them along the chain, from $x_N$ (left) to $x_0$")
+    a2.axis("off")
+    plt.tight_layout()
+    plt.show()
+
+# %% [markdown]
 # ## Exercises
 #
 # **1. Conventions.** A colleague copies the monograph's formula $x_i=\sqrt{1-\beta_i^2}x_{i-1}+\beta_i\varepsilon$
