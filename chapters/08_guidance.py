@@ -718,7 +718,7 @@ from utils.train import load_pretrained, read_manifest, main as train_command
 from utils.targets import NULL_LABEL
 IMG = config.pick({
     "test": dict(n_per_class=12, steps=8, ws=(0.0, 1.0, 2.0, 4.0), show=3),
-    "cpu": dict(n_per_class=50, steps=15, ws=(0.0, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0), show=4),
+    "cpu": dict(n_per_class=40, steps=15, ws=(0.0, 1.0, 1.5, 2.0, 4.0, 6.0), show=4),
     "gpu": dict(n_per_class=500, steps=20, ws=(0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0), show=4),
 })
 CKPT = ROOT / "data" / "checkpoints"
@@ -842,22 +842,22 @@ if IMAGES:
 # it: guided samples are more prototypical than real garments. It also improves the FID over the unconditional
 # model ($\omega=0$), whose samples mix half-formed classes (Ho & Salimans' finding on ImageNet). What it costs is
 # **diversity**: at large $\omega$ the samples of a class look more and more alike (compare the panels: the same
-# shape and contrast), the features' covariance shrinks and the FID stops improving, then rises (the `cpu`
-# profile's longer sweep shows it). The toy sweep of §5 showed the same trade with exact densities; here the
+# shape and contrast), the features' covariance shrinks and the FID, after its minimum at a moderate $\omega$,
+# rises again. The toy sweep of §5 showed the same trade with exact densities; here the
 # classifier is the only judge.
 
 # %%
 if IMAGES:
     acc = {w: r["acc"] for w, r in sweep.items()}
-    w_mid = max(w for w in acc if w <= 2.0)
     assert acc[0.0] < 0.25                                 # the label is ignored at omega = 0: chance is 0.1
     assert acc[1.0] > acc[0.0] + 0.3                       # the conditional model follows the label
-    assert acc[w_mid] > 0.75 and acc[w_mid] >= acc[1.0] - 0.05   # guidance raises fidelity
-    assert all(acc[b] >= acc[a] - 0.08 for a, b in zip(ws_, ws_[1:]))   # and does not lower it along the sweep
+    assert acc[2.0] > 0.85 and acc[2.0] > acc[1.0]         # guidance at a moderate omega raises fidelity further
+    assert all(acc[b] >= acc[a] - 0.05 for a, b in zip(ws_, ws_[1:]))   # and never lowers it along the sweep
     best_fid = min(r["fid"] for r in sweep.values())
     assert best_fid < 0.6 * sweep[0.0]["fid"]              # guidance beats the unconditional model in FID
-    assert best_fid < 4.0 * floor_img                      # and the best omega is within a small factor of real data
-    config.record(nb08_img_acc_w0=acc[0.0], nb08_img_acc_w1=acc[1.0], nb08_img_acc_wmid=acc[w_mid],
+    assert best_fid < 4.0 * floor_img                      # the best omega is within a small factor of real data
+    assert sweep[max(ws_)]["fid"] > 1.2 * best_fid         # and too much guidance costs it again (diversity)
+    config.record(nb08_img_acc_w0=acc[0.0], nb08_img_acc_w1=acc[1.0], nb08_img_acc_w2=acc[2.0],
                   nb08_img_fid_best_over_floor=best_fid / floor_img)
 
 # %% [markdown]
