@@ -700,7 +700,7 @@ from utils import fid
 from utils.train import load_pretrained, read_manifest, main as train_command
 IMG = config.pick({
     "test": dict(copies=256, N=1000, elbo_images=4, sample_steps=100, n_samples=16),
-    "cpu": dict(copies=512, N=1000, elbo_images=32, sample_steps=1000, n_samples=64),
+    "cpu": dict(copies=512, N=1000, elbo_images=16, sample_steps=250, n_samples=32),
     "gpu": dict(copies=1024, N=1000, elbo_images=256, sample_steps=1000, n_samples=256),
 })
 CKPT = ROOT / "data" / "checkpoints"
@@ -820,8 +820,9 @@ if IMAGES:
 # also why $\mathcal L_\text{simple}$ drops the ELBO's large weights at low noise (§5 above): a likelihood-weighted loss
 # would spend the network on exactly those steps.
 #
-# **Ancestral sampling.** Ho et al.'s Alg. 2, `ddpm.sample_ddpm`, from pure noise, on a chain of
-# `sample_steps` steps (the same continuous schedule, coarser: $N=100$ in `test`, 1000 otherwise), recording $x_i$ along the way.
+# **Ancestral sampling.** Ho et al.'s Alg. 2, `ddpm.sample_ddpm`, from pure noise, on a chain of `sample_steps`
+# steps (the same continuous schedule, coarser: $N=100$ in `test`, 250 in `cpu`, 1000 in `gpu`), keeping a few
+# $x_i$ along the way.
 # As in Ho et al.'s released sampler, the predicted $\hat x_0$ is clipped to the data range $[-1,1]$ at every step
 # (`fid.ClippedX0`: $\hat x_0=(x_i-\sqrt{1-\bar\alpha_i}\hat\varepsilon)/\sqrt{\bar\alpha_i}$ amplifies the network's error where
 # $\bar\alpha_i$ is small); the reverse step then uses the ε consistent with the clipped $\hat x_0$.

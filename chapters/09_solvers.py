@@ -642,7 +642,7 @@ from utils import fid
 from utils.train import load_pretrained, read_manifest, main as train_command
 IMG = config.pick({
     "test": dict(n_per_class=10, nfes=(4, 8, 16), n_path=16, ref_steps=100, show=8),
-    "cpu": dict(n_per_class=50, nfes=(4, 6, 8, 12, 16, 24), n_path=50, ref_steps=200, show=8),
+    "cpu": dict(n_per_class=30, nfes=(4, 6, 8, 12, 16, 24), n_path=32, ref_steps=200, show=8),
     "gpu": dict(n_per_class=500, nfes=(4, 6, 8, 12, 16, 24, 32, 48), n_path=200, ref_steps=500, show=8),
 })
 CKPT = ROOT / "data" / "checkpoints"

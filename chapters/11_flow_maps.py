@@ -749,14 +749,15 @@ assert all(r["semigroup"] < 0.2 * scale for r in res.values())
 # %% [markdown]
 # ## Images: what one step has to close
 #
-# On Fashion-MNIST the teacher is the shipped class-conditional U-Net `fmnist_unet_cfg.pt` (ε-prediction on
-# the VP-linear schedule, sampled at $\omega=1$, the conditional model). A flow map $\Psi_{1\to0}$ would give its
-# PF-ODE's endpoint in one evaluation. Below is what the teacher itself gives at 1, 2 and 4 evaluations
-# (DDIM for one, DPM-Solver++(2M) for more, on a uniform log-SNR grid whose last step lands on $t=0$; Ch. 9) against
-# a 50-evaluation solution from the same noise, all with $\hat x_0$ clipped to the data range (`fid.ClippedX0`, Ch. 8):
-# the gap a one-step generator trained as in §11.2-11.5 must close. It is measured three ways: the classifier-FID of the project's Fashion-MNIST classifier against real test images
-# (`utils.fid`, read against the real-vs-real floor at the same sample size), that classifier's accuracy on
-# the labels asked for, and the pixel distance to the 50-step endpoint (what a perfect flow map returns).
+# On Fashion-MNIST the teacher is the shipped class-conditional U-Net `fmnist_unet_cfg.pt` (ε-prediction on the
+# VP-linear schedule, sampled at $\omega=1$, the conditional model). A flow map $\Psi_{1\to0}$ would give its PF-ODE's
+# endpoint in one evaluation. Below is what the teacher itself gives at 1, 2 and 4 evaluations (DDIM for one,
+# DPM-Solver++(2M) for more, on a uniform log-SNR grid whose last step lands on $t=0$; Ch. 9) against a 50-evaluation
+# solution from the same noise, all with $\hat x_0$ clipped to the data range (`fid.ClippedX0`, Ch. 8): the gap a
+# one-step generator trained as in §11.2-11.5 must close. It is measured three ways: the classifier-FID of the
+# project's Fashion-MNIST classifier against real test images (`utils.fid`, read against the real-vs-real floor at the
+# same sample size), that classifier's accuracy on the labels asked for, and the pixel distance to the 50-step
+# endpoint (what a perfect flow map returns).
 #
 # *A one-step image model (a flow map distilled from or trained beside this U-Net) is pending; when
 # it is shipped its row goes into this table.* In the `gpu` profile the U-Net is trained from scratch by the
@@ -851,13 +852,14 @@ if IMAGES:
     plt.show()
 
 # %% [markdown]
-# One evaluation of an ε-network at $t=1$ returns $\hat x_0=(x_1-\sigma_1\hat\epsilon)/\alpha_1$: the class's posterior mean
-# *plus the network's error divided by* $\alpha_1\approx 0.007$, clipped to the data range. What comes out is saturated
-# noise with the garment's outline faintly inside. Two evaluations (a stop at the middle log-SNR, then the posterior
-# mean there) give a blurred, averaged garment; a few more converge on the endpoint. This is why the generators of
-# this chapter do not reuse the teacher's parameterisation for the jump: a consistency model writes $f=c_\text{skip}(s)\,x+c_\text{out}(s)\,F_\theta$ (§11.2),
-# MeanFlow learns the average velocity $h$ with $x_0=x_1-h$ (§11.5), so the network's output *is* the jump and its
-# error is not amplified near the prior. Learning to make the first row look like the last is the whole task.
+# One evaluation of an ε-network at $t=1$ returns $\hat x_0=(x_1-\sigma_1\hat\epsilon)/\alpha_1$: the class's
+# posterior mean *plus the network's error divided by* $\alpha_1\approx 0.007$, clipped to the data range. What comes
+# out is saturated noise with the garment's outline faintly inside. Two evaluations (a stop at the middle log-SNR,
+# then the posterior mean there) give a blurred, averaged garment; a few more converge on the endpoint. This is why
+# the generators of this chapter do not reuse the teacher's parameterisation for the jump: a consistency model writes
+# $f=c_\text{skip}(s)\,x+c_\text{out}(s)\,F_\theta$ (§11.2), MeanFlow learns the average velocity $h$ with $x_0=x_1-h$
+# (§11.5), so the network's output *is* the jump and its error is not amplified near the prior. Learning to make the
+# first row look like the last is the whole task.
 
 # %%
 if IMAGES:
