@@ -738,7 +738,7 @@ if IMAGES:
         a1.plot([r["nfe"] for r in runs], [r["fid"] / floor_img for r in runs], "o-", label=name)
         a2.loglog([r["nfe"] for r in runs], [r["path"] for r in runs], "o-", label=name)
     a1.axhline(1.0, color="gray", ls=":", label="floor (real vs real)")
-    a1.set(xscale="log", xlabel="NFE", ylabel="classifier-FID / floor", title="sample quality")
+    a1.set(xscale="log", yscale="log", xlabel="NFE", ylabel="classifier-FID / floor", title="sample quality")
     a2.set(xlabel="NFE", ylabel="RMS distance to the fine ODE solution", title="solver error")
     for ax in (a1, a2):
         ax.set_xticks(IMG["nfes"], [str(n) for n in IMG["nfes"]])
