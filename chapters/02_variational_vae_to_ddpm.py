@@ -762,7 +762,7 @@ if IMAGES:
     for i, r in fwd.items():
         print(f"{i:5d} {float(chain_img.alpha_bar[i].sqrt()):18.4f} {r['z2']:26.2f} {r['var_ratio']:24.3f}")
     for r in fwd.values():
-        assert 0.8 < r["z2"] < 1.25 and abs(r["var_ratio"] - 1) < 0.02   # the chain's marginal is q(x_i | x_0)
+        assert 0.75 < r["z2"] < 1.3 and abs(r["var_ratio"] - 1) < 0.02    # the chain's marginal is q(x_i | x_0)
 
     # one image per class through the closed-form marginal, at a few steps
     first = torch.tensor([int((y_test == c).nonzero()[0]) for c in range(10)])
