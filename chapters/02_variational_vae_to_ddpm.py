@@ -695,49 +695,18 @@ plotting.plot_trajectories(rec.xs, ax=ax, n_paths=12, title="DDPM ancestral traj
 # $q(x_i\mid x_0)=\mathcal N(\sqrt{\bar\alpha_i}x_0,(1-\bar\alpha_i)I)$ (Ho eq. 4).
 
 # %%
-import shlex
 from utils import fid
-from utils.train import load_pretrained, read_manifest, main as train_command
+from utils.train import image_model, missing_for_images
 IMG = config.pick({
     "test": dict(copies=256, N=1000, elbo_images=4, sample_steps=100, n_samples=16),
     "cpu": dict(copies=512, N=1000, elbo_images=16, sample_steps=250, n_samples=32),
     "gpu": dict(copies=1024, N=1000, elbo_images=256, sample_steps=1000, n_samples=256),
 })
-CKPT = ROOT / "data" / "checkpoints"
-CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-
-
-def shipped(name):
-    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
-    path = CKPT / name
-    if not path.exists():
-        return False
-    with path.open("rb") as fh:
-        return fh.read(2) == b"PK"
-
-
-def image_model(name, train=False):
-    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
-    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
-    if not train:
-        return load_pretrained(name, device=device)
-    args = shlex.split(read_manifest()[name]["command"])
-    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
-    out = ROOT / "data" / "runs" / name
-    args[args.index("--out") + 1] = str(out)
-    train_command(args + ["--resume"])
-    return load_pretrained(out, device=device)
-
-
-def solve_with(solver):
-    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
-    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
-
 need = [] if profile == "gpu" else ["fmnist_unet_cfg.pt"]
-missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+missing = missing_for_images(need)
 IMAGES = not missing
 if IMAGES:
-    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu", device=device)
     x_test, y_test = (a.to(device) for a in data.load_image_dataset("fashion-mnist", "test"))
     chain_img = ddpm.DDPMChain.from_schedule(unet.schedule, IMG["N"])   # alpha_bar_i = alpha(i/N)^2 of the U-Net's schedule
     print(chain_img, f"(Ho's linear chain: {ddpm.DDPMChain.linear(IMG['N'])})")

@@ -711,54 +711,21 @@ for beta, r in dpo.items():
 # Fashion-MNIST files (`data/README.md` says how to get them) the section is skipped.
 
 # %%
-import shlex
 from tqdm.auto import tqdm
 from utils import data, fid, solvers
-from utils.train import load_pretrained, read_manifest, main as train_command
+from utils.train import image_model, missing_for_images
 from utils.targets import NULL_LABEL
 IMG = config.pick({
     "test": dict(n_per_class=12, steps=8, ws=(0.0, 1.0, 2.0, 4.0), show=3),
     "cpu": dict(n_per_class=40, steps=15, ws=(0.0, 1.0, 1.5, 2.0, 4.0, 6.0), show=4),
     "gpu": dict(n_per_class=500, steps=20, ws=(0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0), show=4),
 })
-CKPT = ROOT / "data" / "checkpoints"
-CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-
-
-def shipped(name):
-    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
-    path = CKPT / name
-    if not path.exists():
-        return False
-    with path.open("rb") as fh:
-        return fh.read(2) == b"PK"
-
-
-def image_model(name, train=False):
-    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
-    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
-    if not train:
-        return load_pretrained(name, device=device)
-    args = shlex.split(read_manifest()[name]["command"])
-    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
-    out = ROOT / "data" / "runs" / name
-    args[args.index("--out") + 1] = str(out)
-    train_command(args + ["--resume"])
-    return load_pretrained(out, device=device)
-
-
-def solve_with(solver):
-    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
-    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
-
-
-
 need = ["fmnist_classifier.pt"] + ([] if profile == "gpu" else ["fmnist_unet_cfg.pt"])
-missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+missing = missing_for_images(need)
 IMAGES = not missing
 if IMAGES:
-    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
-    fid_clf = image_model("fmnist_classifier.pt")
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu", device=device)
+    fid_clf = image_model("fmnist_classifier.pt", device=device)
     x_train = data.load_image_dataset("fashion-mnist", "train")[0].to(device)
     x_test, y_test = (a.to(device) for a in data.load_image_dataset("fashion-mnist", "test"))
     clf_test_acc = fid.classifier_accuracy(x_test[:2000], y_test[:2000], fid_clf)
@@ -780,11 +747,11 @@ if IMAGES:
     n_img = 10 * IMG["n_per_class"]
     y_img = torch.arange(10).repeat_interleave(IMG["n_per_class"])
     grid_img = torch.cat([schedules.log_snr_grid(unet.schedule, IMG["steps"]), torch.zeros(1, dtype=torch.float64)])
-    pp2m = solve_with(solvers.dpm_solver_pp_2m)
+    pp2m = solvers.dpm_solver_pp_2m
     print(f"alpha at t = 1: {float(unet.schedule.alpha(1.0)):.4f}")
     clip_cmp = {}
     for label, m in (("raw", unet), ("clipped", fid.ClippedX0(unet))):
-        x_c = fid.sample_images(m, n_img, (1, 28, 28), grid_img, y=y_img, seed=1, sampler=pp2m)
+        x_c = fid.sample_images(m, n_img, (1, 28, 28), grid_img, y=y_img, seed=1, sampler=pp2m, device=device)
         clip_cmp[label] = dict(x=x_c, acc=fid.classifier_accuracy(x_c, y_img, fid_clf), out=float((x_c.abs() > 1.05).double().mean()))
         print(f"omega = 1, {label:8s}: accuracy {clip_cmp[label]['acc']:.3f}, pixels outside [-1.05, 1.05]: {clip_cmp[label]['out']:.1%}")
     assert clip_cmp["clipped"]["out"] == 0.0 and clip_cmp["clipped"]["acc"] > clip_cmp["raw"]["acc"] - 0.05
@@ -804,7 +771,7 @@ if IMAGES:
     for w in tqdm(IMG["ws"], desc="omega"):
         guided = unet if w in (0.0, 1.0) else guidance.ClassifierFreeGuidance(unet, w)   # w = 0: the null label
         x_w = clip_cmp["clipped"]["x"] if w == 1.0 else fid.sample_images(
-            fid.ClippedX0(guided), n_img, (1, 28, 28), grid_img, y=y_img if w else torch.full_like(y_img, NULL_LABEL), seed=1, sampler=pp2m)
+            fid.ClippedX0(guided), n_img, (1, 28, 28), grid_img, y=y_img if w else torch.full_like(y_img, NULL_LABEL), seed=1, sampler=pp2m, device=device)
         sweep[w] = dict(x=x_w, acc=fid.classifier_accuracy(x_w, y_img, fid_clf), fid=fid.classifier_fid(x_w, x_ref, fid_clf))
     print(f"n = {n_img} samples per omega, DPM-Solver++(2M) with {IMG['steps']} steps; FID floor (real vs real) {floor_img:.1f}")
     print(f"{'omega':>6s} {'accuracy':>9s} {'FID':>8s} {'FID / floor':>12s}")
@@ -817,7 +784,7 @@ if IMAGES:
     for ax, w in zip(axs.flat, panels):
         ax.imshow(data.image_grid(sweep[w]["x"][show], nrow=10), cmap="gray")
         ax.set_title(f"ω = {w:g}: accuracy {sweep[w]['acc']:.0%}, FID / floor {sweep[w]['fid'] / floor_img:.1f}", fontsize=10)
-        ax.set_xticks([29 * c + 14 for c in range(10)], CLASS_SHORT, fontsize=7, rotation=30)
+        ax.set_xticks([29 * c + 14 for c in range(10)], data.FASHION_MNIST_SHORT, fontsize=7, rotation=30)
         ax.set_yticks([])
     fig.suptitle("classifier-free guidance, one column per class, the same starting noise in every panel")
     plt.tight_layout()

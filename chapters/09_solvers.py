@@ -637,50 +637,19 @@ widgets.explore(draw, {"nfe": (4, 40, 2, 10)})
 # Without the checkpoints or Fashion-MNIST (`data/README.md`) the section is skipped.
 
 # %%
-import shlex
 from utils import fid
-from utils.train import load_pretrained, read_manifest, main as train_command
+from utils.train import image_model, missing_for_images
 IMG = config.pick({
     "test": dict(n_per_class=10, nfes=(4, 8, 16), n_path=16, ref_steps=100, show=8),
     "cpu": dict(n_per_class=30, nfes=(4, 6, 8, 12, 16, 24), n_path=32, ref_steps=200, show=8),
     "gpu": dict(n_per_class=500, nfes=(4, 6, 8, 12, 16, 24, 32, 48), n_path=200, ref_steps=500, show=8),
 })
-CKPT = ROOT / "data" / "checkpoints"
-CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-
-
-def shipped(name):
-    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
-    path = CKPT / name
-    if not path.exists():
-        return False
-    with path.open("rb") as fh:
-        return fh.read(2) == b"PK"
-
-
-def image_model(name, train=False):
-    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
-    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
-    if not train:
-        return load_pretrained(name, device=device)
-    args = shlex.split(read_manifest()[name]["command"])
-    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
-    out = ROOT / "data" / "runs" / name
-    args[args.index("--out") + 1] = str(out)
-    train_command(args + ["--resume"])
-    return load_pretrained(out, device=device)
-
-
-def solve_with(solver):
-    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
-    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
-
 need = ["fmnist_classifier.pt"] + ([] if profile == "gpu" else ["fmnist_unet_cfg.pt"])
-missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+missing = missing_for_images(need)
 IMAGES = not missing
 if IMAGES:
-    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
-    fid_clf = image_model("fmnist_classifier.pt")
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu", device=device)
+    fid_clf = image_model("fmnist_classifier.pt", device=device)
     x_train = data.load_image_dataset("fashion-mnist", "train")[0].to(device)
     x_test = data.load_image_dataset("fashion-mnist", "test")[0].to(device)
     print(f"U-Net: {sum(p.numel() for p in unet.net.parameters()):,} parameters, {unet.meta['steps']} steps "
@@ -713,14 +682,14 @@ if IMAGES:
     floor_img = sum(fid.fid_floor(x_train, x_test, fid_clf, n_img, g_img) for _ in range(3)) / 3
     teacher = fid.ClippedX0(unet)                                  # x0 clipped to [-1, 1] (Ch. 8's image section)
     x_fine = fid.sample_images(teacher, IMG["n_path"], (1, 28, 28), image_grid_t(IMG["ref_steps"]), y=y_img[:IMG["n_path"]],
-                               seed=1, sampler=solve_with(solvers.dpm_solver_pp_2m))
+                               seed=1, sampler=solvers.dpm_solver_pp_2m, device=device)
     counter = solvers.CountingModel(teacher)
     img_runs = {}                                                  # (solver, nfe) -> dict
     for name, f in tqdm(IMG_SOLVERS.items(), desc="solvers"):
         for nfe in IMG["nfes"]:
             steps = solvers.steps_for_nfe(f.__name__, nfe - 1)     # the last evaluation is the denoising step
             x_s = fid.sample_images(counter.reset(), n_img, (1, 28, 28), image_grid_t(steps), y=y_img, seed=1,
-                                    sampler=solve_with(f))
+                                    sampler=f, device=device)
             img_runs[name, nfe] = dict(x=x_s, nfe=counter.points / n_img, fid=fid.classifier_fid(x_s, x_ref, fid_clf),
                                        path=float((x_s[:IMG["n_path"]] - x_fine).pow(2).mean().sqrt()))
     print(f"n = {n_img} samples; FID floor (real vs real) {floor_img:.1f}; pathwise error: RMS pixel distance "

@@ -765,51 +765,20 @@ assert all(r["semigroup"] < 0.2 * scale for r in res.values())
 # checked). Without the checkpoints or Fashion-MNIST (`data/README.md`) the section is skipped.
 
 # %%
-import shlex
 from tqdm.auto import tqdm
 from utils import fid, solvers
-from utils.train import load_pretrained, read_manifest, main as train_command
+from utils.train import image_model, missing_for_images
 IMG = config.pick({
     "test": dict(n_per_class=10, nfes=(1, 2, 4), ref_nfe=50, show=10),
     "cpu": dict(n_per_class=40, nfes=(1, 2, 3, 4, 8), ref_nfe=50, show=10),
     "gpu": dict(n_per_class=500, nfes=(1, 2, 3, 4, 8, 16), ref_nfe=100, show=10),
 })
-CKPT = ROOT / "data" / "checkpoints"
-CLASS_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
-
-
-def shipped(name):
-    """True when data/checkpoints/<name> is a checkpoint (a zip file), not missing or a Git LFS pointer."""
-    path = CKPT / name
-    if not path.exists():
-        return False
-    with path.open("rb") as fh:
-        return fh.read(2) == b"PK"
-
-
-def image_model(name, train=False):
-    """The shipped checkpoint ``name`` or, with train=True, the same model trained from scratch by the
-    command MANIFEST.json records for it, written to data/runs/ (a rerun resumes, or returns at once)."""
-    if not train:
-        return load_pretrained(name, device=device)
-    args = shlex.split(read_manifest()[name]["command"])
-    args = args[args.index("utils.train") + 1:]            # the arguments after `python -m utils.train`
-    out = ROOT / "data" / "runs" / name
-    args[args.index("--out") + 1] = str(out)
-    train_command(args + ["--resume"])
-    return load_pretrained(out, device=device)
-
-
-def solve_with(solver):
-    """``solver`` as fid.sample_images calls it, run on ``device`` (the per-sample noise is drawn on the CPU)."""
-    return lambda m, x, grid, y=None: solver(m, x.to(device), grid, y=None if y is None else y.to(device))
-
 need = ["fmnist_classifier.pt"] + ([] if profile == "gpu" else ["fmnist_unet_cfg.pt"])
-missing = [n for n in need if not shipped(n)] + ([] if data.find_idx_folder("fashion-mnist") else ["Fashion-MNIST"])
+missing = missing_for_images(need)
 IMAGES = not missing
 if IMAGES:
-    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu")
-    fid_clf = image_model("fmnist_classifier.pt")
+    unet = image_model("fmnist_unet_cfg.pt", train=profile == "gpu", device=device)
+    fid_clf = image_model("fmnist_classifier.pt", device=device)
     x_train = data.load_image_dataset("fashion-mnist", "train")[0].to(device)
     x_test = data.load_image_dataset("fashion-mnist", "test")[0].to(device)
 else:
@@ -832,7 +801,7 @@ if IMAGES:
     few = {}
     for nfe in tqdm((*IMG["nfes"], IMG["ref_nfe"]), desc="teacher NFE"):
         x_k = fid.sample_images(fid.ClippedX0(unet), n_img, (1, 28, 28), teacher_grid(nfe), y=y_img, seed=1,
-                                sampler=solve_with(solvers.ddim if nfe == 1 else solvers.dpm_solver_pp_2m))
+                                sampler=solvers.ddim if nfe == 1 else solvers.dpm_solver_pp_2m, device=device)
         few[nfe] = dict(x=x_k, fid=fid.classifier_fid(x_k, x_ref, fid_clf), acc=fid.classifier_accuracy(x_k, y_img, fid_clf))
     x_end = few[IMG["ref_nfe"]]["x"]
     for r in few.values():
@@ -846,7 +815,7 @@ if IMAGES:
     fig, ax = plt.subplots(figsize=(7.5, 0.75 * (len(few)) + 0.8))
     ax.imshow(data.image_grid(torch.cat([r["x"][:IMG["show"]] for r in few.values()]), nrow=IMG["show"]), cmap="gray")
     ax.set_yticks([29 * k + 14 for k in range(len(few))], [f"{nfe} NFE" for nfe in few], fontsize=9)
-    ax.set_xticks([29 * c + 14 for c in range(IMG["show"])], CLASS_SHORT[:IMG["show"]], fontsize=7, rotation=30)
+    ax.set_xticks([29 * c + 14 for c in range(IMG["show"])], data.FASHION_MNIST_SHORT[:IMG["show"]], fontsize=7, rotation=30)
     ax.set_title("the teacher from the same noise and label at 1, 2, 4, ... evaluations")
     plt.tight_layout()
     plt.show()

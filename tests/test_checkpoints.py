@@ -81,3 +81,19 @@ def test_a_tampered_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match="is not a checkpoint in"):
         train.load_pretrained("nope.pt", manifest=manifest)
     assert json.loads(manifest.read_text())["checkpoints"]
+
+
+def test_image_sections_find_what_they_need(tmp_path, monkeypatch):
+    """is_shipped tells a checkpoint from a missing file or a Git LFS pointer; missing_for_images lists
+    both the checkpoints and the data set an image section lacks; image_model names bad input."""
+    from utils import train
+
+    assert train.is_shipped("fmnist_unet_cfg.pt")
+    assert not train.is_shipped("no_such.pt")
+    (tmp_path / "MANIFEST.json").write_text('{"notes": "", "checkpoints": []}')
+    (tmp_path / "pointer.pt").write_text("version https://git-lfs.github.com/spec/v1\noid sha256:00\n")
+    assert not train.is_shipped("pointer.pt", tmp_path / "MANIFEST.json")
+    monkeypatch.setattr(data, "find_idx_folder", lambda name, root=None: None)  # a machine without the files
+    assert train.missing_for_images(["pointer.pt"], "mnist", tmp_path / "MANIFEST.json") == ["pointer.pt", "mnist"]
+    with pytest.raises(ValueError, match="name='nothing.pt'"):
+        train.image_model("nothing.pt", train=True)

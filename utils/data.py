@@ -311,6 +311,7 @@ def load_fashion_mnist(split: str = "train", root=None, download: bool = False,
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                          "Sneaker", "Bag", "Ankle boot")
+FASHION_MNIST_SHORT = ("T-shirt", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Boot")
 
 
 def image_grid(x: torch.Tensor, nrow: int = 8, pad: int = 1) -> torch.Tensor:

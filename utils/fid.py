@@ -116,12 +116,13 @@ def per_sample_noise(shape, seed: int = 0, start: int = 0, dtype=torch.float32) 
 
 
 def sample_images(model: Model, n: int, shape, grid, y=None, seed: int = 0, start: int = 0,
-                  batch_size: int = 256, sampler=sample_heun) -> torch.Tensor:
+                  batch_size: int = 256, sampler=sample_heun, device=None) -> torch.Tensor:
     """n images (n, *shape) from ``model`` by a deterministic ``sampler(model, x, grid, y=...)``,
     sample i started from :func:`per_sample_noise` (seed, start + i) scaled to the prior
     (sigma at grid[0]), drawn ``batch_size`` at a time: the result does not depend on
     ``batch_size``, and processes that draw disjoint index ranges (``start``) draw the pieces of
-    one set. ``y``: None, an int, or (n,) labels (NULL_LABEL for unconditional)."""
+    one set. ``y``: None, an int, or (n,) labels (NULL_LABEL for unconditional). ``device``: where
+    the sampler runs (the noise is drawn on the CPU, so a GPU draws the same images)."""
     check_int("n", n)
     check_int("batch_size", batch_size)
     grid = torch.as_tensor(grid, dtype=torch.float64)
@@ -131,9 +132,9 @@ def sample_images(model: Model, n: int, shape, grid, y=None, seed: int = 0, star
     out = []
     for b in range(0, n, batch_size):
         m = min(batch_size, n - b)
-        x = prior_std * per_sample_noise((m, *shape), seed, start + b)
+        x = (prior_std * per_sample_noise((m, *shape), seed, start + b)).to(device or "cpu")
         with torch.no_grad():
-            out.append(sampler(model, x, grid, y=None if y is None else y[b:b + m]))
+            out.append(sampler(model, x, grid, y=None if y is None else y[b:b + m].to(x.device)))
     return torch.cat(out)
 
 

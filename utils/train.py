@@ -319,5 +319,40 @@ def load_pretrained(name, manifest=MANIFEST, device="cpu"):
     return out
 
 
+def is_shipped(name, manifest=MANIFEST) -> bool:
+    """True when the checkpoint ``name`` lies beside ``manifest`` as a real file (a zip archive, as
+    torch.save writes), not missing and not a Git LFS pointer left by a clone without LFS."""
+    path = Path(manifest).parent / str(name)
+    if not path.is_file():
+        return False
+    with path.open("rb") as fh:
+        return fh.read(2) == b"PK"
+
+
+def missing_for_images(checkpoints, dataset: str = "fashion-mnist", manifest=MANIFEST) -> list:
+    """What an image section needs and cannot find: the checkpoints of ``checkpoints`` that are not
+    shipped, and ``dataset`` if its IDX files are nowhere (empty when the section can run)."""
+    missing = [name for name in checkpoints if not is_shipped(name, manifest)]
+    return missing + ([] if data_mod.find_idx_folder(dataset) else [dataset])
+
+
+def image_model(name, train: bool = False, device="cpu", runs=CHECKPOINT_DIR.parent / "runs", manifest=MANIFEST):
+    """The shipped checkpoint ``name`` (:func:`load_pretrained`) or, with ``train=True``, the same model
+    trained from scratch by the command MANIFEST.json records for it, written to ``runs/<name>`` (a
+    rerun resumes where the last one stopped, or returns at once when it is complete): the chapters'
+    ``gpu`` profile."""
+    if not train:
+        return load_pretrained(name, manifest, device=device)
+    entries = read_manifest(manifest)
+    if str(name) not in entries:
+        raise ValueError(f"name={name!r} is not a checkpoint in {str(manifest)!r}; expected one of {tuple(entries)}")
+    args = shlex.split(entries[str(name)]["command"])
+    args = args[args.index("utils.train") + 1:]  # the arguments after `python -m utils.train`
+    out = Path(runs) / str(name)
+    args[args.index("--out") + 1] = str(out)
+    main([a for a in args if a != "--resume"] + ["--resume"])
+    return load_pretrained(out, device=device)
+
+
 if __name__ == "__main__":
     main()
