@@ -717,7 +717,7 @@ from utils.train import image_model, missing_for_images
 from utils.targets import NULL_LABEL
 IMG = config.pick({
     "test": dict(n_per_class=12, steps=8, ws=(0.0, 1.0, 2.0, 4.0), show=3),
-    "cpu": dict(n_per_class=40, steps=15, ws=(0.0, 1.0, 1.5, 2.0, 4.0, 6.0), show=4),
+    "cpu": dict(n_per_class=25, steps=12, ws=(0.0, 1.0, 2.0, 4.0), show=4),
     "gpu": dict(n_per_class=500, steps=20, ws=(0.0, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 6.0), show=4),
 })
 need = ["fmnist_classifier.pt"] + ([] if profile == "gpu" else ["fmnist_unet_cfg.pt"])
