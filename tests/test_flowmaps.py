@@ -273,3 +273,40 @@ def test_scm_loss_runs_backprops_and_checks(setup):
         fm.SCM(model.net, schedules.LinearPath())
     with pytest.raises(ValueError):
         fm.SCMLoss(mix.denoiser(model.schedule))(_scm(sd, adaptive=False), x0)
+
+
+def test_teacher_trajectories_end_where_the_sampler_ends(setup):
+    """The recorded states start at x and end at the sampler's own output, one per grid time."""
+    from utils import solvers
+
+    mix = setup[0]
+    vp = schedules.get_schedule("vp_linear")  # DPM-Solver needs alpha > 0 at the start
+    oracle = mix.denoiser(vp)
+    x = samplers.sample_prior(vp, (16, 2), torch.Generator().manual_seed(0), dtype=torch.float64)
+    grid = torch.tensor([1.0, 0.6, 0.3, 0.1, 0.0], dtype=torch.float64)
+    traj = fm.teacher_trajectories(oracle, x, grid, solvers.dpm_solver_pp_2m)
+    assert traj.shape == (16, 5, 2)
+    torch.testing.assert_close(traj[:, 0], x)
+    torch.testing.assert_close(traj[:, -1], solvers.dpm_solver_pp_2m(oracle, x, grid))
+    with pytest.raises(ValueError, match="end at 0"):
+        fm.teacher_trajectories(oracle, x, grid[:-1], solvers.dpm_solver_pp_2m)
+
+
+def test_trajectory_distillation_loss(setup):
+    """p_prior = 1: every point is the prior end, the loss is mean ||f(x_1, 1) - x_0||^2; a model
+    that returns each trajectory's endpoint has loss 0; bad grids and shapes raise ValueError."""
+    grid = torch.tensor([1.0, 0.5, 0.2, 0.0], dtype=torch.float64)
+    traj = torch.randn(8, 4, 2, generator=torch.Generator().manual_seed(1))
+    zero = lambda x, s, y=None: torch.zeros_like(x)  # noqa: E731
+    loss = fm.TrajectoryDistillationLoss(grid, p_prior=1.0)(zero, traj, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(loss, (traj[:, -1] ** 2).mean(1).mean())
+    lookup = {float(traj[i, k].sum()): traj[i, -1] for i in range(8) for k in range(4)}
+    exact = lambda x, s, y=None: torch.stack([lookup[float(r.sum())] for r in x])  # noqa: E731
+    for p in (0.0, 0.5, 1.0):
+        assert float(fm.TrajectoryDistillationLoss(grid, p)(exact, traj, generator=torch.Generator().manual_seed(3))) == 0.0
+    with pytest.raises(ValueError, match="grid"):
+        fm.TrajectoryDistillationLoss(torch.tensor([1.0, 0.5]))
+    with pytest.raises(ValueError, match="p_prior"):
+        fm.TrajectoryDistillationLoss(grid, 1.5)
+    with pytest.raises(ValueError, match="traj has shape"):
+        fm.TrajectoryDistillationLoss(grid)(zero, traj[:, :3])

@@ -133,3 +133,30 @@ def test_a_constant_lr_run_can_be_extended(tmp_path):
     train_cmd.main([*cosine, "--steps", "2", "--out", str(tmp_path / "cos.pt")])
     with pytest.raises(ValueError, match=r"steps=4 \(saved 2\)"):
         train_cmd.main([*cosine, "--steps", "4", "--out", str(tmp_path / "cos.pt"), "--resume"])
+
+
+def test_one_step_model_distilled_from_a_teacher(tmp_path):
+    """--model consistency: the student starts as the teacher's U-Net, learns on cached teacher
+    trajectories (reused when the key matches) and loads as a ConsistencyModel with f(x, 0) = x."""
+    from utils import flowmaps
+
+    teacher = tmp_path / "teacher.pt"
+    train_cmd.main([*TINY, "--cond", "--label-dropout", "0.2", "--steps", "2", "--out", str(teacher)])
+    out = tmp_path / "cm.pt"
+    args = [*TINY, "--model", "consistency", "--teacher", str(teacher), "--teacher-steps", "3",
+            "--trajectories", "24", "--label-dropout", "0.2", "--steps", "3", "--out", str(out)]
+    train_cmd.main(args)
+    cached = torch.load(train_cmd.trajectories_path(out), weights_only=True)
+    assert cached["traj"].shape == (24, 4, 1, 8, 8) and cached["key"]["teacher_steps"] == 3
+    assert (cached["y"] == -1).any() and (cached["y"] >= 0).any()          # null-class trajectories too
+    model = train_cmd.load_pretrained(out)
+    assert isinstance(model, flowmaps.ConsistencyModel) and model.meta["spec"]["teacher_sha256"] == train_cmd.sha256_file(teacher)
+    x = torch.randn(5, 1, 8, 8)
+    torch.testing.assert_close(model(x, 0.0, torch.arange(5)), x)          # the boundary condition
+    one = flowmaps.sample_consistency(model, x, torch.tensor([1.0, 0.0], dtype=torch.float64), y=torch.arange(5))
+    assert one.shape == x.shape and torch.isfinite(one).all()
+    before = train_cmd.trajectories_path(out).stat().st_mtime_ns
+    train_cmd.main([*args, "--out", str(out), "--steps", "4", "--resume"])  # reuses the cache
+    assert train_cmd.trajectories_path(out).stat().st_mtime_ns == before
+    with pytest.raises(ValueError, match="--teacher"):
+        train_cmd.main([*TINY, "--model", "consistency", "--steps", "1", "--out", str(tmp_path / "x.pt")])

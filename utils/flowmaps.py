@@ -26,6 +26,9 @@ Learned from scratch (Ch. 11; time runs data t = 0 -> noise t = 1 as everywhere 
   consistency with a teacher + denoising loss), :func:`sample_gamma` (Alg. 11).
 * §11.5 MeanFlow: :class:`MeanFlow`, Psi = x + (t - s) h, :func:`meanflow_tangent` (the JVP of
   Eq. 11.5.4), :class:`MeanFlowLoss`.
+* Images: :func:`teacher_trajectories` and :class:`TrajectoryDistillationLoss` train a
+  :class:`ConsistencyModel` on a U-Net to the teacher's Psi_{s->0} by regression (``python -m
+  utils.train --model consistency``, the shipped one-step model of Ch. 11).
 * :class:`TwoTimeMLP` (a net(x, s, t) with smooth time features) and :class:`LearnedFlowMap`
   (a module as a :class:`FlowMap` for the samplers).
 """
@@ -203,10 +206,11 @@ class ConsistencyModel(nn.Module):
         check_positive("sigma_data", sigma_data)
         self.net, self.schedule, self.sigma_data = net, schedule, float(sigma_data)
 
-    def forward(self, x: torch.Tensor, s) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, s, y: torch.Tensor | None = None) -> torch.Tensor:
         s = _times(s, x)
         c_skip, c_out = consistency_coefficients(self.schedule, s, self.sigma_data)
-        return _col(c_skip, x) * x + _col(c_out, x) * self.net(x, s)
+        out = self.net(x, s) if y is None else self.net(x, s, y)  # y: labels of a class-conditional net
+        return _col(c_skip, x) * x + _col(c_out, x) * out
 
 
 def consistency_grid(n_steps: int, power: float = 2.0) -> torch.Tensor:
@@ -289,23 +293,83 @@ def _renoise(schedule: Schedule, x: torch.Tensor, t_from, t_to, generator=None) 
 
 
 @torch.no_grad()
-def sample_consistency(model: ConsistencyModel, x, grid, generator=None, callback=None):
+def sample_consistency(model: ConsistencyModel, x, grid, generator=None, callback=None, y=None):
     """Multistep consistency sampling (Alg. 9): x0 = f(x_T, T); then, for each later time t of
     ``grid`` before its final 0, re-noise x_t = alpha_t x0 + sigma_t z and x0 = f(x_t, t).
-    ``grid``: decreasing times from T to 0 (two times: one step). Returns x0: (B, D)."""
+    ``grid``: decreasing times from T to 0 (two times: one step); ``y``: labels (B,) for a
+    class-conditional model. Returns x0: (B, *D)."""
     check_batch("x", x)
     grid = check_grid(grid, model.schedule.t_end)
     if float(grid[-1]) != 0:
         raise ValueError(f"grid ends at {float(grid[-1]):g}; expected it to end at 0")
     if isinstance(callback, Recorder):
         callback.start(x, grid[0])
-    x0 = model(x, float(grid[0]))
+    x0 = model(x, float(grid[0]), y)
     _emit(callback, 0, grid[1], x0, x0)
     for i in range(1, len(grid) - 1):
         x = _renoise(model.schedule, x0, 0.0, float(grid[i]), generator)
-        x0 = model(x, float(grid[i]))
+        x0 = model(x, float(grid[i]), y)
         _emit(callback, i, grid[i + 1], x0, x0)
     return x0
+
+
+# --- a flow map distilled on a teacher's trajectories (the image model of Ch. 11) -----------------
+
+@torch.no_grad()
+def teacher_trajectories(teacher: Model, x: torch.Tensor, grid, sampler, y=None) -> torch.Tensor:
+    """The teacher's PF-ODE solved by ``sampler(teacher, x, grid, y=..., callback=...)`` (e.g.
+    :func:`utils.solvers.dpm_solver_pp_2m`) from prior samples x: (B, *D) along ``grid``
+    (decreasing, ending at 0). Returns the states at every grid time, (B, len(grid), *D), on the
+    CPU; the last is the endpoint Psi_{s_0->0}(x) that a one-step model learns."""
+    check_batch("x", x)
+    grid = check_grid(grid, teacher.schedule.t_end)
+    if float(grid[-1]) != 0:
+        raise ValueError(f"grid ends at {float(grid[-1]):g}; expected it to end at 0")
+    if not callable(sampler):
+        raise ValueError(f"sampler has type {type(sampler).__name__}; expected a sampler(model, x, grid, y=, callback=)")
+    rec = Recorder()
+    sampler(teacher, x, grid, y=y, callback=rec)
+    xs = rec.xs
+    if xs.shape[0] != len(grid):
+        raise ValueError(f"the sampler reported {xs.shape[0]} states on a grid of {len(grid)} times; "
+                         f"expected one per time (a sampler with one evaluation per step)")
+    return xs.transpose(0, 1).contiguous()
+
+
+class TrajectoryDistillationLoss:
+    """Flow-map regression on a teacher's trajectories: the loss of §10.1 (Eq. 10.1.4) with the
+    target Psi_{s->0} read off the teacher's ODE solution, i.e. the fixed point that consistency
+    distillation (Eq. 11.2.4) approaches one adjacent pair at a time, reached here in one
+    regression. For a trajectory (x_{s_0}, ..., x_{s_K} = x_0) of :func:`teacher_trajectories`
+    on ``grid``, a time s_k is drawn (k = 0, the prior end, with probability ``p_prior``, else
+    uniformly from 1..K-1) and
+
+        L = E || f_theta(x_{s_k}, s_k, y) - x_0 ||^2      (mean over pixels).
+
+    ``loss(net, traj, y, generator)`` with net a :class:`ConsistencyModel` and traj (B, K+1, *D)
+    fits :func:`utils.training.train` (which batches the trajectories like data)."""
+
+    def __init__(self, grid, p_prior: float = 0.5):
+        grid = torch.as_tensor(grid, dtype=torch.float64)
+        if grid.ndim != 1 or len(grid) < 2 or float(grid[-1]) != 0 or not bool((grid[1:] < grid[:-1]).all()):
+            raise ValueError(f"grid={grid.tolist()} is not valid; expected decreasing times ending at 0")
+        if not 0.0 <= p_prior <= 1.0:
+            raise ValueError(f"p_prior={p_prior!r} is not valid; expected a probability in [0, 1]")
+        self.grid, self.p_prior = grid, float(p_prior)
+
+    def __call__(self, net, traj: torch.Tensor, y=None, generator=None) -> torch.Tensor:
+        if traj.ndim < 3 or traj.shape[1] != len(self.grid):
+            raise ValueError(f"traj has shape {tuple(traj.shape)}; expected (B, {len(self.grid)}, *D)")
+        B, K = traj.shape[0], len(self.grid) - 1
+        k = torch.randint(1, K, (B,), generator=generator, device=traj.device) if K > 1 else \
+            torch.zeros(B, dtype=torch.long, device=traj.device)
+        prior = torch.rand(B, generator=generator, device=traj.device) < self.p_prior
+        k = torch.where(prior, torch.zeros_like(k), k)
+        x_s, s = traj[torch.arange(B, device=traj.device), k], self.grid.to(traj.device, traj.dtype)[k]
+        return ((net(x_s, s, y) - traj[:, -1]) ** 2).flatten(1).mean(1).mean()
+
+    def __repr__(self):
+        return f"TrajectoryDistillationLoss({len(self.grid) - 1} steps, p_prior={self.p_prior:g})"
 
 
 class LearnedFlowMap(FlowMap):

@@ -35,13 +35,13 @@ from pathlib import Path
 import torch
 
 from . import data as data_mod
-from . import nets, training
+from . import fid, flowmaps, nets, solvers, training
 from .guidance import noisy_classifier_loss
 from .losses import DiffusionLoss, LogitNormal, LogNormal, Uniform
-from .schedules import SCHEDULES, get_schedule
-from .targets import TARGETS, Denoiser
+from .schedules import SCHEDULES, get_schedule, log_snr_grid
+from .targets import NULL_LABEL, TARGETS, Denoiser
 
-MODELS = ("unet", "classifier", "noisy-classifier")
+MODELS = ("unet", "classifier", "noisy-classifier", "consistency")
 TIME_DISTS = ("uniform", "lognormal", "logitnormal")
 CHECKPOINT_DIR = Path(__file__).resolve().parent.parent / "data" / "checkpoints"
 MANIFEST = CHECKPOINT_DIR / "MANIFEST.json"
@@ -52,6 +52,9 @@ MANIFEST = CHECKPOINT_DIR / "MANIFEST.json"
 def build_net(spec: dict) -> torch.nn.Module:
     """The network a spec describes (``spec["model"]`` and ``spec["net"]``, its keyword arguments)."""
     kind, kw = spec["model"], dict(spec["net"])
+    if kind == "consistency":  # f = c_skip x + c_out F, F a U-Net shaped like the teacher's (Ch. 11)
+        return flowmaps.ConsistencyModel(build_net({**spec, "model": "unet"}), get_schedule(spec["schedule"]),
+                                         sigma_data=spec["sigma_data"])
     if kind == "unet":
         return nets.UNet(in_channels=kw["in_channels"], base=kw["base"], mults=tuple(kw["mults"]),
                          depth=kw["depth"], attention=kw["attention"], num_classes=kw["num_classes"],
@@ -88,6 +91,8 @@ def build_loss(spec: dict):
     if spec["model"] == "classifier":
         return _classification_loss
     schedule = get_schedule(spec["schedule"])
+    if spec["model"] == "consistency":
+        return flowmaps.TrajectoryDistillationLoss(teacher_grid(schedule, spec["teacher_steps"]), spec["p_prior"])
     if spec["model"] == "noisy-classifier":
         return noisy_classifier_loss(schedule)
     return DiffusionLoss(schedule, spec["target"], conditional=spec["cond"],
@@ -106,6 +111,86 @@ def spec_from_args(args) -> dict:
                     "mults": mults, "depth": args.depth, "attention": not args.no_attention,
                     "num_classes": 10 if (args.cond or args.model != "unet") else None,
                     "dropout": float(args.dropout)}}
+
+
+# --- the one-step model: a flow map distilled on the teacher's trajectories (Ch. 11) ---------------
+
+def teacher_grid(schedule, n_steps: int) -> torch.Tensor:
+    """n_steps + 1 times from t = 1, uniform in log-SNR, the last moved to t = 0 (the final step of
+    the teacher's solver is a denoising step): the grid of the trajectories and of the sampler."""
+    grid = log_snr_grid(schedule, n_steps)
+    grid[-1] = 0.0
+    return grid
+
+
+def consistency_spec(args, teacher_spec: dict, teacher_sha256: str) -> dict:
+    """The spec of ``--model consistency``: the teacher's U-Net shape, schedule and labels."""
+    if teacher_spec["model"] != "unet":
+        raise ValueError(f"teacher={args.teacher!r} is a {teacher_spec['model']!r}; expected a U-Net checkpoint")
+    return {"model": "consistency", "dataset": teacher_spec["dataset"], "target": "x0",
+            "schedule": teacher_spec["schedule"], "time_dist": "teacher-grid", "cond": teacher_spec["cond"],
+            "label_dropout": float(args.label_dropout), "net": dict(teacher_spec["net"]),
+            "teacher": str(args.teacher), "teacher_sha256": teacher_sha256, "teacher_steps": args.teacher_steps,
+            "trajectories": args.trajectories, "p_prior": float(args.p_prior), "sigma_data": float(args.sigma_data)}
+
+
+def trajectory_labels(n: int, cond: bool, label_dropout: float, seed: int):
+    """Labels of the n trajectories: classes in turn (i mod 10), a share ``label_dropout`` of them
+    the null class (so the one-step model is unconditional too); None for an unconditional teacher."""
+    if not cond:
+        return None
+    y = torch.arange(n) % 10
+    drop = torch.rand(n, generator=torch.Generator().manual_seed(seed + 1)) < label_dropout
+    return torch.where(drop, torch.full_like(y, NULL_LABEL), y)
+
+
+def make_trajectories(teacher, spec: dict, seed: int, device, batch_size: int = 256, progress: bool = True):
+    """(traj (N, K+1, C, H, W), y (N,) or None): the teacher (x0 clipped, :class:`utils.fid.ClippedX0`)
+    solved by DPM-Solver++(2M) on :func:`teacher_grid` from per-sample noise (seeds ``seed``, 0..N-1)."""
+    from tqdm.auto import tqdm
+
+    n, shape = spec["trajectories"], (spec["net"]["in_channels"], spec["net"]["image_size"], spec["net"]["image_size"])
+    grid = teacher_grid(teacher.schedule, spec["teacher_steps"])
+    y = trajectory_labels(n, spec["cond"], spec["label_dropout"], seed)
+    model, prior_std, out = fid.ClippedX0(teacher), float(teacher.schedule.sigma(grid[0])), []
+    for b in tqdm(range(0, n, batch_size), desc="teacher trajectories", disable=not progress):
+        m = min(batch_size, n - b)
+        x = (prior_std * fid.per_sample_noise((m, *shape), seed, b)).to(device)
+        yb = None if y is None else y[b:b + m].to(device)
+        out.append(flowmaps.teacher_trajectories(model, x, grid, solvers.dpm_solver_pp_2m, y=yb))
+    return torch.cat(out), y
+
+
+def trajectories_path(out) -> Path:
+    out = Path(out)
+    return out.with_name(out.name + ".trajectories")
+
+
+def load_or_make_trajectories(args, spec: dict, teacher, rank: int, world: int, device):
+    """The trajectories, from the cache OUT.trajectories (float16, keyed by the teacher's hash, the
+    grid, N, the labels and the seed) or made by rank 0 and cached; other ranks wait and read it."""
+    path = trajectories_path(args.out)
+    key = {k: spec[k] for k in ("teacher_sha256", "teacher_steps", "trajectories", "label_dropout")}
+    key["seed"] = args.seed
+
+    def read():
+        if not path.exists():
+            return None
+        cached = torch.load(path, map_location="cpu", weights_only=True)
+        return (cached["traj"].float(), cached["y"]) if cached.get("key") == key else None
+
+    got = read() if rank == 0 else None
+    if rank == 0 and got is None:
+        traj, y = make_trajectories(teacher, spec, args.seed, device, progress=not args.no_progress)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save({"key": key, "traj": traj.half(), "y": y}, tmp)
+        tmp.replace(path)
+        got = (traj.half().float(), y)  # what the other ranks read: the same rounding on every rank
+    if world > 1:
+        torch.distributed.barrier()
+        if rank > 0:
+            got = read()
+    return got
 
 
 # --- the command ----------------------------------------------------------------------------------
@@ -141,6 +226,12 @@ def parse_args(argv=None):
     a("--amp", action="store_true", help="bfloat16 mixed precision (GPU)")
     a("--device", default="auto", help="auto, cpu, cuda")
     a("--no-progress", action="store_true")
+    g = p.add_argument_group("--model consistency: a one-step model distilled on a teacher's trajectories (Ch. 11)")
+    g.add_argument("--teacher", help="a U-Net checkpoint: a name in MANIFEST.json or a path")
+    g.add_argument("--teacher-steps", type=int, default=16, help="DPM-Solver++(2M) steps of the teacher's trajectories")
+    g.add_argument("--trajectories", type=int, default=8192, help="number of teacher trajectories")
+    g.add_argument("--p-prior", type=float, default=0.5, help="share of training points at t = 1 (the one-step jump)")
+    g.add_argument("--sigma-data", type=float, default=0.5, help="sigma_d of c_skip, c_out")
     return p.parse_args(argv)
 
 
@@ -190,15 +281,27 @@ def main(argv=None) -> Path | None:
     if args.amp and args.device == "cpu":
         print("note: --amp on the CPU runs bfloat16 autocast (slow on most CPUs)", file=sys.stderr)
     rank, world, device = _init_distributed(args.device)
-    spec = spec_from_args(args)
+    teacher = None
+    if args.model == "consistency":
+        if not args.teacher:
+            raise ValueError("--model consistency needs --teacher (a U-Net checkpoint: a name in MANIFEST.json or a path)")
+        teacher = load_pretrained(args.teacher, device=device)
+        spec = consistency_spec(args, teacher.meta["spec"], teacher_sha(args.teacher))
+    else:
+        spec = spec_from_args(args)
     torch.manual_seed(args.seed)  # every rank builds the same initial weights
     net = build_net(spec).to(device)
+    if teacher is not None:  # the student starts from the teacher's weights (its F is the teacher's U-Net)
+        net.net.load_state_dict(teacher.net.state_dict())
     trained_by = [a for a in argv if a != "--export"]  # an export records the command that trained
     meta = {"command": command_line(trained_by), "hardware": hardware(device, world), "world_size": world,
             "batch_per_rank": args.batch, "created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     if args.export:
         return export(args.out, spec, meta)
-    x, y = data_mod.load_image_dataset(args.dataset, "train")
+    if teacher is not None:
+        x, y = load_or_make_trajectories(args, spec, teacher, rank, world, device)
+    else:
+        x, y = data_mod.load_image_dataset(args.dataset, "train")
     model = net
     if world > 1:
         model = torch.nn.parallel.DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
@@ -237,6 +340,14 @@ def export(out, spec: dict, meta: dict) -> Path:
 
 def sha256_file(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def teacher_sha(name, manifest=MANIFEST) -> str:
+    """The SHA-256 of a checkpoint given as a manifest name or a path."""
+    path = Path(name)
+    if not path.exists() or path.parent == Path("."):
+        path = Path(manifest).parent / str(name)
+    return sha256_file(path)
 
 
 def read_manifest(path=MANIFEST) -> dict:
@@ -296,7 +407,9 @@ def load_pretrained(name, manifest=MANIFEST, device="cpu"):
     * a U-Net comes back as a :class:`utils.targets.Denoiser` (its target and schedule from the
       checkpoint; class-conditional ones take y, NULL_LABEL for unconditional, so
       ``ClassifierFreeGuidance(model, w)`` works on it);
-    * a classifier / noise-conditional classifier as the ``nn.Module`` in eval mode.
+    * a classifier / noise-conditional classifier as the ``nn.Module`` in eval mode;
+    * a one-step model (``--model consistency``) as its :class:`utils.flowmaps.ConsistencyModel`
+      f(x, s, y), sampled by :func:`utils.flowmaps.sample_consistency`.
 
     ``name``: a file name listed in ``MANIFEST.json`` (e.g. ``"fmnist_unet_cfg.pt"``; its SHA-256
     is checked) or a path to any checkpoint written by the training command (no hash check).
