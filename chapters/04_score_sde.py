@@ -36,7 +36,7 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib, matplotlib.ticker, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import likelihood
+from utils import likelihood, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     # n: samples per quality check (20 chunks of n/20 against the data-vs-data floor)
@@ -753,47 +753,88 @@ fig.tight_layout()
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (VE's PF-ODE).** For the VE schedule $f=0$. Write the PF-ODE drift in terms of $\sigma_t$ alone and
-# check on the oracle that it equals `velocity`. *Hint:* $g^2 = \mathrm{d}\sigma_t^2/\mathrm{d}t$.
+# Each answer cell is followed by a check: run it to test your answer against the exact oracle.
+#
+# **Exercise 1 (VE's PF-ODE).** For the VE schedule $f=0$. Write the PF-ODE drift in terms of $\sigma_t$ alone:
+# define a function `pf_drift_ve(x, t)` that returns it from `ve.sigma`, `ve.d_sigma` and the oracle's score
+# `mix.denoiser(ve).score(x, t)`. The check compares it with the oracle's `velocity` at three times.
+# *Hint:* $g^2 = \mathrm{d}\sigma_t^2/\mathrm{d}t$.
 
 # %% tags=["solution"]
-oracle_ve = mix.denoiser(ve)
-t = 0.5
-xt = mix.sample(200, gen, t=t, schedule=ve)[0]
-drift = -ve.sigma(t) * ve.d_sigma(t) * oracle_ve.score(xt, t)       # -1/2 d(sigma^2)/dt * score
-torch.testing.assert_close(oracle_ve.velocity(xt, t), drift)
-print("VE PF-ODE: dx/dt = -sigma sigma' score  (= sigma' E[eps | x_t])")
+def pf_drift_ve(x, t):
+    """VE's PF-ODE drift from sigma_t alone: f = 0, g^2 = d(sigma^2)/dt = 2 sigma sigma'."""
+    return -ve.sigma(t) * ve.d_sigma(t) * mix.denoiser(ve).score(x, t)
+
+xt_ve = mix.sample(200, gen, t=0.5, schedule=ve)[0]
+print("VE PF-ODE: dx/dt = -sigma sigma' score  (= sigma' E[eps | x_t]);",
+      f"max |drift - velocity| at t = 0.5: {float((pf_drift_ve(xt_ve, 0.5) - mix.denoiser(ve).velocity(xt_ve, 0.5)).abs().max()):.1e}")
+
+# %% tags=["check"]
+for t_chk in (0.1, 0.5, 0.9):
+    x_chk = mix.sample(200, torch.Generator().manual_seed(41), t=t_chk, schedule=ve)[0]
+    exercises.check_close(f"pf_drift_ve(x, {t_chk})", pf_drift_ve(x_chk, t_chk), mix.denoiser(ve).velocity(x_chk, t_chk),
+                          rtol=1e-6, atol=1e-9, hint="f = 0 and g^2 = d(sigma_t^2)/dt = 2 sigma_t sigma_t', so the drift "
+                                                     "is -1/2 g^2 score = -sigma_t sigma_t' score")
 
 # %% [markdown]
 # **Exercise 2 (which probe?).** The oracle's velocity is a gradient field plus $f x$, so its Jacobian $A$ is
-# symmetric. Show that one Rademacher probe has variance $2\sum_{i\ne j}A_{ij}^2$ and one Gaussian probe
-# $2\|A\|_F^2$, and check both on one point with many probes.
+# symmetric. Show that one Rademacher probe $z$ gives $z^\top A z$ the variance $2\sum_{i\ne j}A_{ij}^2$ and one
+# Gaussian probe $2\|A\|_F^2$. At the point $x = (0.5, -0.3)$, $t = 0.3$ (VP oracle `oracle`), store the two
+# formulas evaluated on the Jacobian in the dict `var_theory` (keys `"rademacher"`, `"gaussian"`) and the sample
+# variances of $z^\top A z$ over 20000 probes of each kind (`likelihood.draw_probes`) in the dict `var_probe`.
 
 # %% tags=["solution"]
-x_one = mix.sample(1, gen, t=0.3, schedule=vp)[0]
-A = torch.autograd.functional.jacobian(lambda z: oracle.velocity(z[None], 0.3)[0], x_one[0])
-theory = {"rademacher": 2 * float((A ** 2).sum() - (A.diagonal() ** 2).sum()), "gaussian": 2 * float((A ** 2).sum())}
-for probe, var_th in theory.items():
+x_probe, t_probe = torch.tensor([0.5, -0.3], dtype=torch.float64), 0.3
+A = torch.autograd.functional.jacobian(lambda z: oracle.velocity(z[None], t_probe)[0], x_probe)
+var_theory = {"rademacher": 2 * float((A ** 2).sum() - (A.diagonal() ** 2).sum()), "gaussian": 2 * float((A ** 2).sum())}
+var_probe = {}
+for probe in ("rademacher", "gaussian"):
     z = likelihood.draw_probes((20000, 2), 1, probe, torch.Generator().manual_seed(0), torch.float64)[0]
     est = ((z @ A) * z).sum(1)                     # z^T A z for each probe
-    print(f"{probe:10s}: mean {est.mean():.3f} (trace {A.trace():.3f}), variance {est.var():.3f} (theory {var_th:.3f})")
+    var_probe[probe] = float(est.var())
+    print(f"{probe:10s}: mean {est.mean():.3f} (trace {A.trace():.3f}), variance {var_probe[probe]:.3f} "
+          f"(theory {var_theory[probe]:.3f})")
+
+# %% tags=["check"]
+J_chk = torch.autograd.functional.jacobian(lambda z: mix.denoiser(vp).velocity(z[None], 0.3)[0],
+                                           torch.tensor([0.5, -0.3], dtype=torch.float64))
+assert torch.allclose(J_chk, J_chk.T, atol=1e-10), "the oracle velocity's Jacobian should be symmetric"
+off_diag, frob = float((J_chk ** 2).sum() - (J_chk.diagonal() ** 2).sum()), float((J_chk ** 2).sum())
+exercises.check_close("var_theory['rademacher']", var_theory["rademacher"], 2 * off_diag, rtol=1e-6,
+                      hint="z_i^2 = 1 for a Rademacher probe, so the diagonal of A adds no variance: 2 sum_{i != j} A_ij^2")
+exercises.check_close("var_theory['gaussian']", var_theory["gaussian"], 2 * frob, rtol=1e-6,
+                      hint="for Gaussian z, Var z^T A z = 2 ||A||_F^2 when A is symmetric (Var z_i^2 = 2 adds the diagonal)")
+for probe, want in (("rademacher", 2 * off_diag), ("gaussian", 2 * frob)):
+    exercises.check_close(f"var_probe['{probe}']", var_probe[probe], want, rtol=0.15, atol=1e-3,
+                          hint=f"the sample variance of z^T A z over 20000 {probe} probes at x = (0.5, -0.3), t = 0.3")
 
 # %% [markdown]
-# **Exercise 3 (where the path starts).** Compute the oracle's PF-ODE likelihood starting at $t_\varepsilon \in \{10^{-3}, 10^{-2}, 10^{-1}\}$
-# and compare it with $\log p_0(x)$ and with $\log p_{t_\varepsilon}(x)$. Which one does the ODE compute?
+# **Exercise 3 (where the path starts).** Compute the oracle's PF-ODE likelihood of the 100 points `x_ll[:100]`
+# starting at $t_\varepsilon \in \{10^{-3}, 10^{-2}, 10^{-1}\}$ (24 Heun steps in log-SNR from $t_\varepsilon$, as in
+# Section 6) and store it in the dict `lp_from` (keys the three values of $t_\varepsilon$, values the (100,)
+# log-likelihoods). Compare it with $\log p_0(x)$ and with $\log p_{t_\varepsilon}(x)$: which one does the ODE compute?
 
 # %% tags=["solution"]
 xs3 = x_ll[:100]
+lp_from = {}
 for t_eps in (1e-3, 1e-2, 1e-1):
-    lp = likelihood.log_likelihood(oracle, xs3, schedules.log_snr_grid(vp, 24, 1.0, t_eps).flip(0), method="heun")
-    print(f"t_eps={t_eps:g}: vs log p_t_eps {float((lp - mix.log_prob(xs3, t_eps, vp)).abs().mean()):.4f}, "
-          f"vs log p_0 {float((lp - mix.log_prob(xs3)).abs().mean()):.4f} nats")
+    lp_from[t_eps] = likelihood.log_likelihood(oracle, xs3, schedules.log_snr_grid(vp, 24, 1.0, t_eps).flip(0), method="heun")
+    print(f"t_eps={t_eps:g}: vs log p_t_eps {float((lp_from[t_eps] - mix.log_prob(xs3, t_eps, vp)).abs().mean()):.4f}, "
+          f"vs log p_0 {float((lp_from[t_eps] - mix.log_prob(xs3)).abs().mean()):.4f} nats")
+
+# %% tags=["check"]
+for t_eps in (1e-3, 1e-2, 1e-1):
+    gap = float((lp_from[t_eps] - mix.log_prob(x_ll[:100], t_eps, vp)).abs().mean())
+    exercises.check_between(f"mean |lp_from[{t_eps:g}] - log p_t_eps(x)|", gap, 0.0, 0.1,
+                            hint="the ODE carries x from t_eps to t = 1 and adds the integrated divergence to log p_1: it "
+                                 "returns log p_{t_eps}(x), not log p_0(x), up to the solver's error; start the grid at t_eps")
 
 # %% [markdown]
 # **Exercise 4 (larger $\lambda$, coarse steps).** On a coarse grid of 25 Euler–Maruyama steps, sample the
-# $\lambda$-process for $\lambda \in \{0, 1, 2\}$ from the same prior draws and compare each with the noise floor. How does
-# the error change with $\lambda$, and why? *Hint:* per step the noise is $\lambda g\sqrt{|\Delta t|}$ and the score term is
-# $\tfrac12(1+\lambda^2)g^2\nabla\log p_t\,|\Delta t|$.
+# $\lambda$-process for $\lambda \in \{0, 1, 2\}$ from the same `S["n"]` prior draws and store each sample's
+# distance to the data over the noise floor (`metrics.compare_to_floor(x, ref0).ratio`) in the dict `coarse_ratio`
+# (keys `0.0, 1.0, 2.0`). How does the error change with $\lambda$, and why? *Hint:* per step the noise is
+# $\lambda g\sqrt{|\Delta t|}$ and the score term is $\tfrac12(1+\lambda^2)g^2\nabla\log p_t\,|\Delta t|$.
 
 # %% tags=["solution"]
 coarse = schedules.uniform_grid(25, 1.0, 0.0)
@@ -803,9 +844,16 @@ for lam in (0.0, 1.0, 2.0):
     x_lam = samplers.sample_euler_maruyama(oracle, x1_ex, coarse, lam=lam, generator=torch.Generator().manual_seed(10))
     coarse_ratio[lam] = metrics.compare_to_floor(x_lam, ref0).ratio
     print(f"lambda={lam:g}, 25 steps: SW / floor {coarse_ratio[lam]:.2f}")
-assert coarse_ratio[0.0] < coarse_ratio[1.0] < coarse_ratio[2.0], coarse_ratio
 print("same marginals in continuous time, but the Euler-Maruyama error grows with lambda: the step sizes of the\n"
       "drift (1 + lambda^2) and of the noise (lambda) grow, so a larger lambda needs a finer grid")
+
+# %% tags=["check"]
+assert set(coarse_ratio) == {0.0, 1.0, 2.0}, f"coarse_ratio should have the keys 0.0, 1.0, 2.0; got {sorted(coarse_ratio)}"
+assert coarse_ratio[0.0] < coarse_ratio[1.0] < coarse_ratio[2.0], (
+    f"coarse_ratio should grow with lambda on 25 steps; got {coarse_ratio}.\nHint: pass lam= to "
+    "samplers.sample_euler_maruyama on the coarse grid; each step's drift grows like (1 + lambda^2) and its noise like lambda")
+exercises.check_between("coarse_ratio[2.0] / coarse_ratio[0.0]", coarse_ratio[2.0] / coarse_ratio[0.0], 1.2, 1e3,
+                        hint="on 25 steps the lambda = 2 process should be far worse than the PF-ODE's Euler steps")
 
 # %% [markdown]
 # ## Summary
