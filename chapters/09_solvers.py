@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 import math, time, torch, matplotlib.pyplot as plt
 from tqdm.auto import tqdm
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
+from utils import exercises
 from utils import solvers
 from utils.guidance import ClassifierFreeGuidance
 profile, device, gen = config.setup(seed=0, threads=1)   # 2D batches of a few hundred: one thread is fastest
@@ -755,54 +756,116 @@ if IMAGES:
 #
 # **Exercise 1 (DPM-Solver-2 from a Taylor expansion).** Expand $\hat\epsilon(x_\lambda,\lambda)$ to first order
 # around $\lambda_s$ in the noise-form integral and integrate exactly: show that the step error is
-# $O(h^3)$ when the derivative is estimated at the midpoint (Eq. 9.4.11). Check numerically: the local
-# error of one DPM-Solver-2 step from the exact state falls as $h^3$.
+# $O(h^3)$ when the derivative is estimated at the midpoint (Eq. 9.4.11). Then check it numerically: start
+# from the exact state at $s_0 = 0.5$ (`samplers.sample_rk4` from `x1` on 100 log-SNR steps, `schedules.log_snr_grid(sched, 100, t_max, s0)`),
+# take **one** DPM-Solver-2 step of log-SNR length $h$ for each $h$ in `[0.4, 0.2, 0.1, 0.05]` (to the time
+# `sched.t_from_log_snr` of $\lambda_{s_0}+h$), and compare it with the exact state there (RK4 on 20 log-SNR
+# steps from $s_0$). Store the four mean distances (`error(x, exact)`) in the list `local_errors`, and the slope
+# of $\log$ error against $\log h$ between the first and the last $h$ in `slope_local`.
 
 # %% tags=["solution"]
 # int_0^h e^{-u}(eps + u eps') du * alpha_t e^{...}: with phi_1 = (e^h - 1)/h the first-order term is
 # sigma_t (e^h - 1 - h) eps'; the midpoint value eps(lambda_s + h/2) = eps + h/2 eps' + O(h^2) reproduces it
 # up to O(h^3) because (e^h - 1)/2 h and (e^h - 1 - h) agree to second order.
 s0 = 0.5
-x_s = samplers.sample_rk4(oracle, x1, schedules.log_snr_grid(sched, 100, t_max, s0))
-hs, local = [0.4, 0.2, 0.1, 0.05], []
+x_s = samplers.sample_rk4(oracle, x1, schedules.log_snr_grid(sched, 100, t_max, s0))   # the exact state at s0
+hs, local_errors = [0.4, 0.2, 0.1, 0.05], []
 for h in hs:
     t_next = float(sched.t_from_log_snr(torch.tensor(lam(s0) + h, dtype=torch.float64)))
     exact = samplers.sample_rk4(oracle, x_s, schedules.log_snr_grid(sched, 20, s0, t_next))
-    local.append(error(solvers.dpm_solver_2(oracle, x_s, torch.tensor([s0, t_next], dtype=torch.float64)), exact))
-slope_local = math.log(local[0] / local[-1]) / math.log(hs[0] / hs[-1])
-print("local errors:", ", ".join(f"{e:.1e}" for e in local), f"-> slope {slope_local:.2f} (theory 3)")
-assert abs(slope_local - 3) < 0.4
+    local_errors.append(error(solvers.dpm_solver_2(oracle, x_s, torch.tensor([s0, t_next], dtype=torch.float64)), exact))
+slope_local = math.log(local_errors[0] / local_errors[-1]) / math.log(hs[0] / hs[-1])
+print("local errors:", ", ".join(f"{e:.1e}" for e in local_errors), f"-> slope {slope_local:.2f} (theory 3)")
+
+# %% tags=["check"]
+assert len(local_errors) == 4, (f"local_errors holds {len(local_errors)} numbers; expected one per h in "
+                                "[0.4, 0.2, 0.1, 0.05]")
+# one of the four, recomputed from the oracle: the step of length h = 0.1 from the exact state at 0.5
+x_05 = samplers.sample_rk4(oracle, x1, schedules.log_snr_grid(sched, 100, t_max, 0.5))
+t_01 = float(sched.t_from_log_snr(torch.tensor(lam(0.5) + 0.1, dtype=torch.float64)))
+one_step = solvers.dpm_solver_2(oracle, x_05, torch.tensor([0.5, t_01], dtype=torch.float64))
+exercises.check_close("local_errors[2]", local_errors[2],
+                      error(one_step, samplers.sample_rk4(oracle, x_05, schedules.log_snr_grid(sched, 20, 0.5, t_01))),
+                      rtol=0.05, hint="one DPM-Solver-2 step from the EXACT state at s0 = 0.5 (not a whole solve from t = 1), "
+                                      "against the exact flow over the same step")
+exercises.check_between("slope_local", slope_local, 2.6, 3.4,
+                        hint="a method of order p errs by O(h^(p+1)) in one step: for DPM-Solver-2 the local error "
+                             "falls 8x per halving of h (DDIM's, order 1, only 4x)")
 
 # %% [markdown]
-# **Exercise 2 (multistep or single-step on a fitted grid).** Compare DEIS order 3 (multistep) and
-# DPM-Solver-3 (single-step) on the uniform-$\lambda$ and the fitted grid at about 15 and 30 NFE (`results`).
-# Which one profits from the fitted grid? Explain with the step ratios $h_i/h_{i-1}$ of the fitted grid.
+# **Exercise 2 (multistep or single-step on a fitted grid).** DEIS order 3 is multistep, DPM-Solver-3
+# single-step. From the table `results` (`results[solver, grid]` is a list of (NFE, error) pairs), read their
+# errors at 15 NFE on the `"uniform log-SNR"` and the `"fitted"` grid, and store in the dict `gain` (keys
+# `"DEIS order 3"` and `"DPM-Solver-3"`) the factor by which the fitted grid lowers each one's error (uniform-$\lambda$
+# error / fitted error: below 1, the fitted grid hurts). Store the name of the solver that profits more in
+# `profits_more`, and the step ratios $h_i/h_{i-1}$ of the 15-step fitted grid (`GRIDS["fitted"](15)`, a tensor of
+# 14 ratios, with $h_i$ the steps in $\lambda$) in `step_ratios`. Explain the difference with those ratios.
 
 # %% tags=["solution"]
+gain = {}
 for name in ("DEIS order 3", "DPM-Solver-3"):
-    for gname in ("uniform log-SNR", "fitted"):
-        pts = dict(results[name, gname])
-        print(f"{name:13s} {gname:16s} " + ", ".join(f"{n} NFE: {pts[n]:.1e}" for n in sorted(pts) if 14 <= n <= 30))
-for gname in ("uniform log-SNR", "fitted"):
-    hl = sched.log_snr(GRIDS[gname](15)).diff()
-    print(f"{gname:16s} step ratios h_i/h_(i-1) from {float((hl[1:] / hl[:-1]).min()):.2f} to {float((hl[1:] / hl[:-1]).max()):.2f}")
+    err_uniform, err_fitted = dict(results[name, "uniform log-SNR"])[15], dict(results[name, "fitted"])[15]
+    gain[name] = err_uniform / err_fitted
+    print(f"{name:13s} 15 NFE: uniform log-SNR {err_uniform:.1e}, fitted {err_fitted:.1e} -> gain {gain[name]:.2f}")
+profits_more = max(gain, key=gain.get)
+h_fitted = sched.log_snr(GRIDS["fitted"](15)).diff()
+step_ratios = h_fitted[1:] / h_fitted[:-1]
+print(f"fitted grid, 15 steps: h from {float(h_fitted.min()):.2f} to {float(h_fitted.max()):.2f}, "
+      f"ratios h_i/h_(i-1) from {float(step_ratios.min()):.2f} to {float(step_ratios.max()):.2f}; profits more: {profits_more}")
 # Adams-Bashforth extrapolates a polynomial through the last predictions, taken at earlier, differently
 # sized steps: on the fitted grid the first steps are long (and taken at low order while the history fills)
 # and the sizes change from step to step, so its error constant grows; the single-step DPM-Solver-3 builds
 # each step from its own stages and profits from steps placed where the error lives.
 
+# %% tags=["check"]
+for name in ("DEIS order 3", "DPM-Solver-3"):
+    table = {g: dict(results[name, g])[15] for g in ("uniform log-SNR", "fitted")}
+    exercises.check_close(f'gain["{name}"]', gain[name], table["uniform log-SNR"] / table["fitted"], rtol=1e-6,
+                          hint="the error on the uniform log-SNR grid divided by the error on the fitted grid, "
+                               "both at 15 NFE (dict(results[name, grid])[15])")
+winner = max(("DEIS order 3", "DPM-Solver-3"),
+             key=lambda k: dict(results[k, "uniform log-SNR"])[15] / dict(results[k, "fitted"])[15])
+assert profits_more == winner, (f"profits_more = {profits_more!r}, but the fitted grid helps {winner!r} more. "
+                                "Hint: compare the gains (how much each solver's error falls), not the errors themselves")
+h_check = sched.log_snr(GRIDS["fitted"](15)).diff()
+exercises.check_close("step_ratios", step_ratios, h_check[1:] / h_check[:-1], rtol=1e-6,
+                      hint="h_i = lambda(t_(i+1)) - lambda(t_i) along the fitted grid (sched.log_snr), then h_i / h_(i-1), i = 1..14")
+
 # %% [markdown]
-# **Exercise 3 (stochastic churn).** Run `solvers.edm_heun` with `s_churn` in {0, 5, 20} at 30 steps from the same
-# prior draws. How far is each from the exact ODE endpoint, and are the samples still on the data?
+# **Exercise 3 (stochastic churn).** Run `solvers.edm_heun` with `s_churn` in {0, 5, 20} at 30 steps
+# (`schedules.edm_grid(sched, 30)`) from the same prior draws `x1`, with `generator=torch.Generator().manual_seed(3)`.
+# Store in the dict `churn_to_ode` (keyed by `s_churn`) the mean distance of each run's samples to the exact
+# ODE endpoints `x_exact` of the same starts (`error(x)`), and in `churn_to_mode` the mean distance of each
+# sample to its nearest mode centre (`mix.means`). How far is each from the exact ODE endpoint, and are the
+# samples still on the data?
 
 # %% tags=["solution"]
+churn_to_ode, churn_to_mode = {}, {}
 for churn in (0.0, 5.0, 20.0):
     xc = solvers.edm_heun(oracle, x1, schedules.edm_grid(sched, 30), s_churn=churn,
                           generator=torch.Generator().manual_seed(3))
-    dist = (xc[:, None, :] - mix.means[None]).norm(dim=-1).min(1).values.mean()
-    print(f"s_churn={churn:4.1f}: distance to the ODE endpoint {error(xc):.3f}, mean distance to the nearest mode {dist:.3f}")
+    churn_to_ode[churn] = error(xc)
+    churn_to_mode[churn] = float((xc[:, None, :] - mix.means[None]).norm(dim=-1).min(1).values.mean())
+    print(f"s_churn={churn:4.1f}: distance to the ODE endpoint {churn_to_ode[churn]:.3f}, "
+          f"mean distance to the nearest mode {churn_to_mode[churn]:.3f}")
 # Churn adds noise above the current level (above t = 1 at the first step: the schedule goes on, t_end)
 # and lets the ODE forget it; paths leave the ODE's, the distribution stays the data's.
+
+# %% tags=["check"]
+x_heun = solvers.edm_heun(oracle, x1, schedules.edm_grid(sched, 30))         # no churn: deterministic
+exercises.check_close("churn_to_ode[0]", churn_to_ode[0], error(x_heun), rtol=1e-6,
+                      hint="without churn EDM's Heun is an ODE solver: mean of |x - x_exact| over the paths")
+# with churn the endpoint forgets the start: about as far as two independent draws of the data
+independent = float((x_exact - x_exact.roll(1, 0)).norm(dim=1).mean())
+for churn in (5.0, 20.0):
+    exercises.check_between(f"churn_to_ode[{churn:g}]", churn_to_ode[churn], 0.5 * independent, 1.5 * independent,
+                            hint=f"fresh noise replaces the start's: the sample lands on a mode of its own, at the "
+                                 f"distance of two independent data points ({independent:.2f}) from the ODE's")
+# on the data: a 2D Gaussian of std 0.15 has E|x - mean| = 0.15 sqrt(pi / 2)
+for churn in (0.0, 5.0, 20.0):
+    exercises.check_close(f"churn_to_mode[{churn:g}]", churn_to_mode[churn], 0.15 * math.sqrt(math.pi / 2), rtol=0.25,
+                          hint="for each sample the distance to the NEAREST of the eight centres (min over mix.means), "
+                               "then the mean over samples")
 
 # %% [markdown]
 # ## Summary
