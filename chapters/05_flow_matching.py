@@ -33,7 +33,7 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import copy, math, torch, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import flows
+from utils import flows, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     "test": dict(flow_steps=600, fm_steps=1500, reflow_steps=600, batch=256, n_pairs=8000, pair_ode_steps=20,
@@ -661,24 +661,34 @@ widgets.explore(draw_steps, {"n_steps": (1, 8, 1, 1)})
 # %% [markdown]
 # ## Exercises
 #
+# Each answer cell is followed by a check: run it to test your answer against the exact oracle.
+#
 # **Exercise 1 (the other clock).** The flow-matching papers put data at $t'=1$: $x_{t'} = t' x_0 + (1-t')\varepsilon$.
-# Show that their marginal velocity is $v'(x,t') = -v(x,1-t')$, and check with the oracle's posterior means
-# that $\mathbb E[x_0-\varepsilon\,|\,x_{t'}=x]$ (their conditional velocity, averaged) equals $-v_{1-t'}(x)$.
+# Show that their marginal velocity is $v'(x,t') = -v(x,1-t')$. Define a function `v_other_clock(x, t_prime)` that
+# returns their conditional velocity averaged over the posterior, $\mathbb E[x_0-\varepsilon\,|\,x_{t'}=x]$, from the
+# oracle's posterior means (`oracle.x0_eps`); the check compares it with $-v_{1-t'}(x)$ at $t' = 0.2$ and $0.7$.
 
 # %% tags=["solution"]
 # x_{t'} = t' x0 + (1 - t') eps is our path at t = 1 - t', so d x / d t' = -d x / d t, and the conditional
-# velocity x0 - eps is minus ours. Check E[x0 - eps | x] (from the oracle's posterior means) = -v(x, 1 - t').
+# velocity x0 - eps is minus ours. Average it over the posterior: E[x0 - eps | x_{t'} = x] = -v(x, 1 - t').
+def v_other_clock(x, t_prime):
+    x0_hat, eps_hat = oracle.x0_eps(x, 1 - t_prime)      # the posterior means at our time t = 1 - t'
+    return x0_hat - eps_hat
+
+x_demo = mix.sample(300, torch.Generator().manual_seed(18), t=0.3, schedule=path)[0]
+print("max |v'(x, 0.7) + v(x, 0.3)| =", float((v_other_clock(x_demo, 0.7) + oracle.velocity(x_demo, 0.3)).abs().max()))
+
+# %% tags=["check"]
 for t_prime in (0.2, 0.7):
-    t = 1 - t_prime
-    x = mix.sample(300, torch.Generator().manual_seed(18), t=t, schedule=path)[0]
-    x0_hat, eps_hat = oracle.x0_eps(x, t)
-    v_theirs = x0_hat - eps_hat
-    torch.testing.assert_close(v_theirs, -oracle.velocity(x, t))
-print("v'(x, t') = -v(x, 1 - t')  checked at t' = 0.2, 0.7")
+    x_chk = mix.sample(300, torch.Generator().manual_seed(18), t=1 - t_prime, schedule=path)[0]
+    exercises.check_close(f"v_other_clock(x, {t_prime})", v_other_clock(x_chk, t_prime), -oracle.velocity(x_chk, 1 - t_prime),
+                          rtol=1e-6, atol=1e-9, hint="x_{t'} is our x_t at t = 1 - t': take the oracle's posterior means "
+                                                     "there, and the papers' conditional velocity is x0 - eps (minus ours)")
 
 # %% [markdown]
-# **Exercise 2 (two forms of straightness).** On the recorded 1-RF trajectories `traj_1rf`, compute Liu et al.'s
-# $\sum_i \Delta t_i\,\|\Delta x_i/\Delta t_i - (x_{\rm end}-x_{\rm start})\|^2$ directly and confirm that it equals
+# **Exercise 2 (two forms of straightness).** On the recorded 1-RF trajectories `traj_1rf` (40 uniform Euler steps
+# from $t=1$ to $0$), compute Liu et al.'s $\sum_i \Delta t_i\,\|\Delta x_i/\Delta t_i - (x_{\rm end}-x_{\rm start})\|^2$
+# directly, averaged over the paths, and store it (a float) in `liu`. The check compares it with `S_1rf` from
 # `flows.straightness` (which uses $\int\|v\|^2 - \|x_1-x_0\|^2$). Why are the two equal?
 
 # %% tags=["solution"]
@@ -686,22 +696,36 @@ ts_rec = schedules.uniform_grid(40)
 dt = (ts_rec[:-1] - ts_rec[1:]).float()                         # positive steps
 vel = (traj_1rf[1:] - traj_1rf[:-1]) / -dt[:, None, None]       # dx/dt along the path (time decreasing)
 disp = traj_1rf[0] - traj_1rf[-1]                               # x(t=1) - x(t=0)
-liu = (dt[:, None] * ((vel - disp) ** 2).sum(-1)).sum(0).mean()
+liu = float((dt[:, None] * ((vel - disp) ** 2).sum(-1)).sum(0).mean())
 print(f"direct form {liu:.5f}  vs  flows.straightness {S_1rf:.5f}")
-assert abs(liu.item() - S_1rf) < 1e-4 * max(1.0, S_1rf)
 # Expanding the square: sum dt |v|^2 - 2 <sum dt v, d> + |d|^2 = sum dt |v|^2 - |d|^2, since sum dt v = d.
+
+# %% tags=["check"]
+exercises.check_close("liu", liu, S_1rf, rtol=1e-4, atol=1e-6,
+                      hint="weight each step's squared deviation ||dx_i/dt_i - (x_end - x_start)||^2 by its |dt_i| = 1/40, "
+                           "sum over the steps, then average over the 2000 paths")
 
 # %% [markdown]
 # **Exercise 3 (why one Euler step collapses).** Show that for the linear path, one Euler step of the *exact*
-# marginal flow from $t=1$ maps every $z$ to the data mean, $z - v_1(z) = \mathbb E[x_0]$. Check it with the oracle.
+# marginal flow from $t=1$ maps every $z$ to the data mean, $z - v_1(z) = \mathbb E[x_0]$. Check it on a data set
+# whose mean is not zero (the eight Gaussians' is): take the oracle of `data.toy_gmm("two_modes")` (weights 0.8 / 0.2
+# at $(\mp 2, 0)$) on `path`, draw 1000 prior points $z$ and store their images under one Euler step from $t=1$ to
+# $t=0$ in `one_step`, shape (1000, 2).
 
 # %% tags=["solution"]
 # At t = 1, x_1 = eps carries no information about x0: E[eps | x_1 = z] = z and E[x0 | x_1 = z] = E[x0], so
 # v_1(z) = z - E[x0] and the Euler step z - 1 * v_1(z) = E[x0], for every z.
+two_modes = data.toy_gmm("two_modes")
 z = samplers.sample_prior(path, (1000, 2), torch.Generator().manual_seed(19), dtype=torch.float64)
-one_step = samplers.sample_euler(oracle, z, schedules.uniform_grid(1))
-torch.testing.assert_close(one_step, mix.mean().expand_as(one_step))
-print("one exact Euler step from t = 1 lands on the data mean", mix.mean().tolist())
+one_step = samplers.sample_euler(two_modes.denoiser(path), z, schedules.uniform_grid(1))
+print("one exact Euler step from t = 1 lands on", one_step[:2].tolist(), "...; the data mean is", two_modes.mean().tolist())
+
+# %% tags=["check"]
+assert tuple(one_step.shape) == (1000, 2), f"one_step should hold the 1000 stepped points, shape (1000, 2); got {tuple(one_step.shape)}"
+mean_two_modes = torch.tensor([0.8 * -2.0 + 0.2 * 2.0, 0.0], dtype=torch.float64)       # E[x0] = (-1.2, 0)
+exercises.check_close("one_step", one_step, mean_two_modes.expand(1000, 2), rtol=0, atol=1e-6,
+                      hint="at t = 1 the point z is pure noise, so E[x0 | z] = E[x0] and v_1(z) = z - E[x0]; "
+                           "one Euler step of size 1 from t = 1 to 0 gives z - v_1(z)")
 
 # %% [markdown]
 # ## Summary
