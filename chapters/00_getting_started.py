@@ -40,9 +40,10 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 
 import math, time
+import numpy as np
 import torch
 import matplotlib.pyplot as plt
-from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
+from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets, exercises
 
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
@@ -252,36 +253,95 @@ widgets.velocity_field_explorer(model, oracle, samples=x_data[:2000], t_default=
 # %% [markdown]
 # ## Exercises
 #
-# 1. **Steps vs quality.** Sample the trained model with Euler using 2, 4, 8, 16 and 32 steps and plot the
-#    sliced-Wasserstein ratio against the number of steps. Where does it stop improving, and why?
-# 2. **Euler or Heun at the same cost?** Heun spends two network calls per step. From the same noise,
-#    compare Euler with $2N$ steps and Heun with $N$ steps ($N = 2, 4, 8, 16$) against a fine RK4
-#    solution of the *same* learned ODE. Which wins at equal cost, and how fast does each error fall?
-# 3. **The noise floor depends on $n$.** Compute `metrics.noise_floor(draw_data, n)` for
-#    $n = 100, 400, 1600$. How does it scale with $n$? Why must a model be compared with the floor *at the
-#    same sample size*?
+# Each exercise has an answer cell (the student version leaves it empty) and a check cell after it:
+# run the check to test your answer; a wrong one says what is off and gives a hint.
+#
+# **Exercise 1 (steps vs quality).** Sample the trained model with Euler from the first 4000 noise points
+# `x[:4000]` using 2, 4, 8, 16 and 32 steps (`schedules.uniform_grid`), and store the sliced-Wasserstein
+# ratios to the noise floor (`metrics.compare_to_floor(samples, draw_data).ratio`) in a list `sw_ratios`,
+# in that order. Where does the ratio stop improving, and why?
 
 # %% tags=["solution"]
-# Solution 1: the ratio falls with the number of Euler steps, then flattens at the model's own error.
-for n_steps in [2, 4, 8, 16, 32]:
+step_counts = [2, 4, 8, 16, 32]
+sw_ratios = []
+for n_steps in step_counts:
     xs = samplers.sample_euler(model, x[:4000], schedules.uniform_grid(n_steps))
-    print(f"{n_steps:3d} Euler steps: ratio {metrics.compare_to_floor(xs, draw_data).ratio:.2f}")
+    sw_ratios.append(metrics.compare_to_floor(xs, draw_data).ratio)
+    print(f"{n_steps:3d} Euler steps: ratio {sw_ratios[-1]:.2f}")
+# The ratio falls quickly, then flattens near 1: past a few steps the discretisation error is below
+# what the metric can tell at 200 points per chunk, and what is left is the model's own error.
+
+# %% tags=["check"]
+assert len(sw_ratios) == 5, f"sw_ratios has {len(sw_ratios)} entries; expected one per step count 2, 4, 8, 16, 32"
+# two Euler steps with the *exact* velocity: the discretisation error alone, which the model shares
+x_two = samplers.sample_euler(oracle, x[:4000].double(), schedules.uniform_grid(2))
+exercises.check_close("sw_ratios[0]", sw_ratios[0], metrics.compare_to_floor(x_two, draw_data).ratio, rtol=0.2,
+                      hint="two Euler steps on the uniform grid from t = 1 to 0, measured with compare_to_floor(...).ratio "
+                           "(a ratio to the floor, not the distance itself)")
+exercises.check_between("sw_ratios[-1]", sw_ratios[-1], 0.7, 1.5,
+                        hint="with 32 steps Euler's error is below the metric's resolution: the ratio sits near 1")
+
+# %% [markdown]
+# **Exercise 2 (Euler or Heun at the same cost?).** Heun spends two network calls per step. From the same
+# noise `x[:1000]`, integrate the learned ODE with Euler in $2N$ steps and with Heun in $N$ steps,
+# $N = 8, 16, 32, 64$, and store the mean distance $\mathbb E\lVert x^\text{solver} - x^\text{ref}\rVert$ to a
+# fine RK4 solution of the *same* learned ODE (256 steps) in the lists `err_euler` and `err_heun`.
+# Which wins at equal cost, and how fast does each error fall?
 
 # %% tags=["solution"]
-# Solution 2: with very few steps Euler can win (Heun's second slope is taken at a poor Euler guess),
-# but Heun's error falls like N^-2 and Euler's like N^-1, so Heun overtakes as N grows.
-x_small = x[:2000]
-x_ref = samplers.sample_rk4(model, x_small, schedules.uniform_grid(64))
-for N in [2, 4, 8, 16]:
-    e_euler = (samplers.sample_euler(model, x_small, schedules.uniform_grid(2 * N)) - x_ref).norm(dim=1).mean()
-    e_heun = (samplers.sample_heun(model, x_small, schedules.uniform_grid(N)) - x_ref).norm(dim=1).mean()
-    print(f"{2 * N:3d} network calls: Euler error {e_euler:.4f}   Heun error {e_heun:.4f}")
+Ns = [8, 16, 32, 64]
+x_small = x[:1000]
+x_ref = samplers.sample_rk4(model, x_small, schedules.uniform_grid(256))
+err_euler, err_heun = [], []
+for N in Ns:
+    err_euler.append(float((samplers.sample_euler(model, x_small, schedules.uniform_grid(2 * N)) - x_ref).norm(dim=1).mean()))
+    err_heun.append(float((samplers.sample_heun(model, x_small, schedules.uniform_grid(N)) - x_ref).norm(dim=1).mean()))
+    print(f"{2 * N:4d} network calls: Euler error {err_euler[-1]:.4f}   Heun error {err_heun[-1]:.4f}")
+# Euler's error halves with each doubling (order 1). Heun's falls no faster at first: near t = 0 the
+# field turns sharply around each mode (std 0.15), and a step longer than that scale is not in
+# Heun's second-order regime; once the steps resolve it (N = 64, h = 1/64), Heun wins clearly.
+
+# %% tags=["check"]
+assert len(err_euler) == len(err_heun) == 4, "err_euler and err_heun need one entry per N = 8, 16, 32, 64"
+p_euler = float(np.polyfit(np.log([16, 32, 64, 128]), -np.log(err_euler), 1)[0])
+exercises.check_between("Euler's fitted order (from err_euler)", p_euler, 0.7, 1.4,
+                        hint="measure against RK4 of the same learned ODE, not against data or the oracle: "
+                             "then Euler's error halves with each doubling of the steps")
+# the last entry, recomputed on 200 of the points: Euler in 128 steps against RK4 in 256
+x_few = x[:200]
+e_few = (samplers.sample_euler(model, x_few, schedules.uniform_grid(128))
+         - samplers.sample_rk4(model, x_few, schedules.uniform_grid(256))).norm(dim=1).mean()
+exercises.check_close("err_euler[-1]", err_euler[-1], e_few, rtol=0.35,
+                      hint="Euler gets 2N steps (two network calls per Heun step): 128 steps for N = 64")
+assert err_heun[-1] < 0.7 * err_euler[-1], (
+    f"err_heun[-1] = {err_heun[-1]:.4f} is not below Euler's {err_euler[-1]:.4f} at the same cost; "
+    "hint: Heun with N = 64 steps (the average of the slopes at both ends of each step) on the uniform grid")
+
+# %% [markdown]
+# **Exercise 3 (the noise floor depends on $n$).** Compute `metrics.noise_floor(draw_data, n)` for
+# $n = 100, 400, 1600$ into a list `floors`, and fit the slope of $\log(\text{floor})$ against $\log n$ into
+# `floor_slope`. How does the floor scale with $n$? Why must a model be compared with the floor *at the
+# same sample size*?
 
 # %% tags=["solution"]
-# Solution 3: the floor shrinks roughly like n^(-1/2) (each quantile of a projection is estimated with
-# error ~ n^(-1/2)), so a fixed model error looks small at small n and large at large n.
-for n in [100, 400, 1600]:
-    print(f"n={n:5d}: floor {metrics.noise_floor(draw_data, n):.4f}")
+ns_floor = [100, 400, 1600]
+floors = [metrics.noise_floor(draw_data, n) for n in ns_floor]
+floor_slope = float(np.polyfit(np.log(ns_floor), np.log(floors), 1)[0])
+for n, f in zip(ns_floor, floors):
+    print(f"n={n:5d}: floor {f:.4f}")
+print(f"slope of log floor against log n: {floor_slope:.2f}")
+# The floor shrinks a little slower than n^(-1/2): each projected quantile is estimated with error
+# ~ n^(-1/2), but fewer samples fall in the valleys between the modes, where quantiles are coarsest.
+# A fixed model error therefore looks small next to the floor at small n and large at large n:
+# a ratio means something only when model and floor use the same n.
+
+# %% tags=["check"]
+assert len(floors) == 3 and floors[0] > floors[1] > floors[2], "floors should shrink as n grows (n = 100, 400, 1600)"
+# Sec. "Compare with the truth" measured the floor at n = 400 with other random draws
+exercises.check_close("floors[1]", floors[1], cmp_model.floor, rtol=0.15,
+                      hint=f"the floor at n = 400 (compare_to_floor used n = {cmp_model.n} above)")
+exercises.check_between("floor_slope", floor_slope, -0.6, -0.3,
+                        hint="fit log(floor) = slope * log(n) + c with natural logs on both axes: about n^(-1/2)")
 
 # %% [markdown]
 # ## Where to go next
