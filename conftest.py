@@ -28,6 +28,22 @@ import torch  # noqa: E402  (after OMP_NUM_THREADS, so this process starts with 
 torch.set_num_threads(1)
 
 
+sys.path.insert(0, str(ROOT / "tests"))
+from browser_lab import browser_runs_notebooks  # noqa: E402
+
+BROWSER_RUNS_NOTEBOOKS = browser_runs_notebooks()
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With the browser tests able to run, a chapter is executed once, in JupyterLab
+    (tests/browser_lab.py: Run All fails on any error output, as nbval-lax does), not a second
+    time by nbval; a notebook named on the command line still runs under nbval."""
+    if not BROWSER_RUNS_NOTEBOOKS or collection_path.suffix != ".ipynb" or collection_path.parent.name != "chapters":
+        return None
+    named = {Path(a.split("::")[0]).resolve() for a in config.invocation_params.args}
+    return None if collection_path.resolve() in named else True
+
+
 def pytest_collection_modifyitems(items):
     """nbval waits only 5 s for a cell's output messages after the cell finishes; on a loaded
     2-core CI machine a progress bar's last update can take longer, failing a cell that ran fine.
