@@ -28,7 +28,7 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import guidance
+from utils import exercises, guidance
 profile, device, gen = config.setup(seed=0, threads=1)   # tiny 2D nets: one thread is fastest
 S = config.pick({
     "test": dict(clf_steps=1500, clf_hidden=96, cfg_steps=1500, cfg_hidden=96, batch=256, lr=2e-3,
@@ -830,24 +830,42 @@ if IMAGES:
 # %% [markdown]
 # ## Exercises
 #
+# Each answer cell is followed by a check cell: run it to test your answer.
+#
 # **Exercise 1 (the two conventions).** Show that Ho & Salimans' $\tilde\epsilon = (1+\omega')\epsilon(c) - \omega'\epsilon(\varnothing)$
-# is Eq. 8.3.3 with $\omega = 1+\omega'$, and that CFG with $\omega' = 0$ is the conditional model. Check it on
-# the oracle with `guidance.from_ho_salimans`.
+# is Eq. 8.3.3 with $\omega = 1+\omega'$, and that CFG with $\omega' = 0$ is the conditional model. For each
+# $\omega' \in \{0, 0.5, 3\}$ compute, from `oracle.eps` at the points `x_probe`, $t = 0.5$ and labels `y_probe`,
+# Ho & Salimans' $\tilde\epsilon$ by hand and store it in the dict `eps_ho[wp]`; store in `omega_ch8[wp]` the Ch. 8
+# weight $\omega$ for which `guidance.ClassifierFreeGuidance(oracle, omega)` gives the same.
 
 # %% tags=["solution"]
+eps_ho, omega_ch8 = {}, {}
 for wp_ in (0.0, 0.5, 3.0):
-    ho = (1 + wp_) * oracle.eps(x_probe, 0.5, y_probe) - wp_ * oracle.eps(x_probe, 0.5, None)
-    torch.testing.assert_close(guidance.ClassifierFreeGuidance(oracle, guidance.from_ho_salimans(wp_)).eps(x_probe, 0.5, y_probe), ho)
-print("(1 + w') eps(c) - w' eps(null) == CFG at w = 1 + w'; w' = 0 is the conditional model")
+    eps_ho[wp_] = (1 + wp_) * oracle.eps(x_probe, 0.5, y_probe) - wp_ * oracle.eps(x_probe, 0.5, None)
+    omega_ch8[wp_] = 1.0 + wp_          # the weights w and 1 - w of Eq. 8.3.3 are 1 + w' and -w'
+print("Ch. 8 weights:", omega_ch8)
+
+# %% tags=["check"]
+for wp_ in (0.0, 0.5, 3.0):
+    exercises.check_close(f"omega_ch8[{wp_}]", omega_ch8[wp_], guidance.from_ho_salimans(wp_), rtol=0, atol=1e-12,
+                          hint="match the coefficients of eps(c): w in Eq. 8.3.3, 1 + w' in Ho & Salimans")
+    exercises.check_close(f"eps_ho[{wp_}]", eps_ho[wp_],
+                          guidance.ClassifierFreeGuidance(oracle, omega_ch8[wp_]).eps(x_probe, 0.5, y_probe), rtol=1e-8, atol=1e-10,
+                          hint="(1 + w') eps(x, t, c) - w' eps(x, t, null): oracle.eps(x, t, y) and oracle.eps(x, t, None)")
+exercises.check_close("eps_ho[0.0]", eps_ho[0.0], oracle.eps(x_probe, 0.5, y_probe), rtol=1e-8, atol=1e-10,
+                      hint="w' = 0 leaves only eps(c): the conditional model")
 
 # %% [markdown]
-# **Exercise 2 (the minority mode, exactly).** Compute the exact minor-mode mass of the tilted density
-# $\tilde p_0 \propto p_0\,p_0(c\mid x)^\omega$ for $\omega$ from 0 to 16 on the grid of Section 4 and plot it beside the
-# guided ODE's. At which $\omega$ does the ODE keep less than a tenth of the exact mass?
+# **Exercise 2 (the minority mode, exactly).** For $\omega$ in `w_grid = [1, 2, 3, 4, 6, 8, 12, 16]` compute
+# the exact minor-mode mass of the tilted density $\tilde p_0 \propto p_0\,p_0(c\mid x)^\omega$, $c = 0$, on the grid
+# `cell` of Section 4 (normalise `guidance.tilted_log_density` over the cells, weight by the minor mode's
+# responsibility as `minor_mass` does) and store the list in `exact_mass`; store the guided ODE's minor-mode
+# mass (`minor_mass` of 1,500 samples of `guided_ode` with the exact CFG score) in `ode_mass`, plot both, and store
+# in `w_lost` the first $\omega$ of `w_grid` at which the ODE keeps less than a tenth of the exact mass.
 
 # %% tags=["solution"]
-resp_minor = guidance.noisy_class_log_probs(minor, cell, 0.0, sched)[:, 1].exp()
 w_grid = [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]
+resp_minor = guidance.noisy_class_log_probs(minor, cell, 0.0, sched)[:, 1].exp()
 exact_mass = [float((torch.softmax(guidance.tilted_log_density(mix, cell, 0, w), 0) * resp_minor).sum()) for w in w_grid]
 ode_mass = [minor_mass(guided_ode(guidance.ClassifierFreeGuidance(oracle, w), 0, 1500, seed=80)) for w in w_grid]
 fig, ax = plt.subplots(figsize=(5, 3.5))
@@ -855,13 +873,35 @@ ax.plot(w_grid, exact_mass, "-o", label="exact tilted density")
 ax.plot(w_grid, ode_mass, "--s", label="guided PF-ODE")
 ax.set(xlabel="w", ylabel="minor-mode mass", yscale="log", title="class 0's minority mode")
 ax.legend()
-print("first w where the ODE keeps < 10% of the exact mass:",
-      next((w for w, e, o in zip(w_grid, exact_mass, ode_mass) if o < 0.1 * e), None))
+w_lost = next((w for w, e, o in zip(w_grid, exact_mass, ode_mass) if o < 0.1 * e), None)
+print("first w where the ODE keeps < 10% of the exact mass:", w_lost)
+
+# %% tags=["check"]
+assert len(exact_mass) == len(ode_mass) == 8, "exact_mass and ode_mass need one entry per w of w_grid = [1, 2, 3, 4, 6, 8, 12, 16]"
+exercises.check_close("exact_mass[0]", exact_mass[0], 0.3, atol=0.005,
+                      hint="at w = 1 the tilted density is p_0(x | c) p(c), whose minor mode has in-class weight 0.3")
+u_chk = torch.linspace(-5.0, 5.0, 201, dtype=torch.float64)           # an independent, coarser grid
+P_chk = torch.cartesian_prod(u_chk, u_chk)
+r_chk = guidance.noisy_class_log_probs(minor, P_chk, 0.0, sched)[:, 1].exp()
+exercises.check_close("exact_mass", exact_mass,
+                      [float((torch.softmax(guidance.tilted_log_density(mix, P_chk, 0, w), 0) * r_chk).sum())
+                       for w in [1.0, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0]], rtol=0.02, atol=1e-4,
+                      hint="softmax of the tilted log-density over the grid cells, times the minor mode's responsibility, summed")
+exercises.check_close("ode_mass at w = 1, 2, 4, 8", [ode_mass[k] for k in (0, 1, 3, 5)],
+                      [tilt[w]["mass_ode"] for w in (1.0, 2.0, 4.0, 8.0)], rtol=0.3, atol=0.01,
+                      hint="sample guided_ode(guidance.ClassifierFreeGuidance(oracle, w), 0, 1500, seed) and take minor_mass: "
+                           "Section 4 measured the same ODE (its tilt[w]['mass_ode'])")
+exercises.check_between("w_lost", w_lost, 3.5, 6.5,
+                        hint="compare the ODE's mass with a tenth of the exact mass at the same w, not with 0.1")
 
 # %% [markdown]
 # **Exercise 3 (classifier guidance with a clean-data classifier).** Train the same classifier on clean data
-# only ($t = 0$) and guide with it at $\omega = 3$. Measure its samples against the exact guided pool as in
-# Section 2.2, and explain the result with the RGB images of Section 1.
+# only ($t \approx 0$: `guidance.noisy_classifier_loss(sched, t_range=(0.0, 1e-3))`, half the steps) and guide with it
+# at $\omega = 3$. Store in `sw_clean` the SW ratio to the floor of its guided-ODE samples (`guided_ode`, the oracle's
+# unconditional score, `S["n"]` samples) against the exact guided pool, as in Section 2.2. To explain the result,
+# store in the dict `tv_clean[t]`, for $t \in \{0.05, 0.2, 0.4, 0.7\}$, the clean classifier's mean total-variation
+# distance $\tfrac12\sum_c|p_\phi(c\mid x_t) - p_t(c\mid x_t)|$ to the exact noisy classifier on `S["n_cmp"]` labelled
+# noisy points, and compare with the RGB images of Section 1.
 
 # %% tags=["solution"]
 torch.manual_seed(0)
@@ -870,30 +910,68 @@ clean_clf, _ = training.train(nets.MLP(2, S["clf_hidden"], 3, out_dim=C),
                               labelled_data, S["clf_steps"] // 2, batch_size=S["batch"], lr=S["lr"], desc="clean classifier")
 x_clean = guided_ode(guidance.ClassifierGuidance(oracle, clean_clf, 3.0), 0, S["n"], seed=7, dtype=torch.float32)
 exact_pool3 = guided_ode(guidance.ClassifierFreeGuidance(oracle, 3.0), 0, S["pool"], seed=100)
-print(f"clean-data classifier at w=3: SW ratio {ratio(x_clean, exact_pool3):.2f} "
-      f"(noise-conditional classifier: {cg_ratio[3.0]:.2f})")
+sw_clean = ratio(x_clean, exact_pool3)
+tv_clean = {}
+for t in (0.05, 0.2, 0.4, 0.7):
+    x_t, c_t = mix.sample(S["n_cmp"], torch.Generator().manual_seed(3), t=t, schedule=sched)
+    with torch.no_grad():
+        p_clean = torch.softmax(clean_clf(x_t.float(), torch.full((len(x_t),), t)), 1).double()
+    tv_clean[t] = float(0.5 * (p_clean - exact_clf(x_t, t).exp()).abs().sum(1).mean())
+print(f"clean-data classifier at w=3: SW ratio {sw_clean:.2f} (noise-conditional classifier: {cg_ratio[3.0]:.2f})")
+print("mean TV to the exact p_t(c|x): clean " + ", ".join(f"t={t}: {v:.3f}" for t, v in tv_clean.items())
+      + " | noise-conditional " + ", ".join(f"{r['tv']:.3f}" for r in clf_report.values()))
 # A clean classifier is asked about x_t far from the data, where its answer (and gradient) is an
 # extrapolation: the guidance term is wrong exactly where the ODE decides which class region to enter.
 
+# %% tags=["check"]
+exercises.check_between("sw_clean", sw_clean, cg_ratio[3.0] + 1.5, math.inf,
+                        hint="guide with the clean classifier (not clf, the noise-conditional one), against the exact pool at w = 3")
+x_chk, c_chk = mix.sample(S["n_cmp"], torch.Generator().manual_seed(4), t=0.4, schedule=sched)
+with torch.no_grad():
+    p_chk = torch.softmax(clean_clf(x_chk.float(), torch.full((len(x_chk),), 0.4)), 1).double()
+exercises.check_close("tv_clean[0.4]", tv_clean[0.4], float(0.5 * (p_chk - guidance.ExactNoisyClassifier(mix, sched)(x_chk, 0.4).exp()).abs().sum(1).mean()),
+                      rtol=0.1, atol=0.01, hint="TV = 1/2 sum_c |p_phi(c | x_t) - p_t(c | x_t)|, on noisy points x_t drawn at t")
+for t in (0.4, 0.7):
+    exercises.check_between(f"tv_clean[{t}]", tv_clean[t], clf_report[t]["tv"] + 0.1, 1.0,
+                            hint="a classifier of clean data is miscalibrated on noisy inputs: far worse than the noise-conditional one")
+
 # %% [markdown]
-# **Exercise 4 (DPS: approximation or discretisation?).** For $\sigma_y = 0.05$ and $\zeta \in \{0.1, 0.3\}$, sample with
-# 100 and with 300 reverse-SDE steps and compare with the exact posterior. Which part of the error goes away with
-# more steps, and which does not?
+# **Exercise 4 (DPS: approximation or discretisation?).** For $\sigma_y = 0.05$ and $\zeta \in \{0.1, 0.3\}$, sample 800 points
+# with 100 and with 300 reverse-SDE steps (`samplers.sample_euler_maruyama` on `guidance.DPS(oracle, A_obs, y_obs, 0.05, zeta)`)
+# and compare with the exact posterior `post_tight`: store in the dicts `dps_ratio[(zeta, n_steps)]` the SW ratio to the
+# floor (`metrics.compare_to_floor`) and in `dps_top[(zeta, n_steps)]` the mass on the posterior's largest component.
+# Which part of the error goes away with more steps, and which does not?
 
 # %% tags=["solution"]
+dps_ratio, dps_top = {}, {}
+top_k = int(post_tight.weights.argmax())
 for z in (0.1, 0.3):
     for n_steps in (100, 300):
         g = torch.Generator().manual_seed(71)
         x1 = samplers.sample_prior(sched, (800, 2), g, torch.float64)
         x = samplers.sample_euler_maruyama(guidance.DPS(oracle, A_obs, y_obs, 0.05, z), x1,
                                            schedules.uniform_grid(n_steps, sched.t_start, sched.t_min), generator=g)
-        top_mass = float(guidance.noisy_class_log_probs(gmm.GaussianMixture(post_tight.means, post_tight.covs, post_tight.weights),
-                                                        x, 0.0, sched)[:, int(post_tight.weights.argmax())].exp().mean())
-        print(f"zeta={z}, {n_steps} steps: SW/floor {metrics.compare_to_floor(x, lambda m, g: post_tight.sample(m, g), repeats=4).ratio:.2f}, "
-              f"top-component mass {top_mass:.3f} (exact {float(post_tight.weights.max()):.3f})")
+        dps_ratio[z, n_steps] = metrics.compare_to_floor(x, lambda m, g: post_tight.sample(m, g), repeats=4).ratio
+        dps_top[z, n_steps] = float(guidance.noisy_class_log_probs(
+            gmm.GaussianMixture(post_tight.means, post_tight.covs, post_tight.weights), x, 0.0, sched)[:, top_k].exp().mean())
+        print(f"zeta={z}, {n_steps} steps: SW/floor {dps_ratio[z, n_steps]:.2f}, "
+              f"top-component mass {dps_top[z, n_steps]:.3f} (exact {float(post_tight.weights.max()):.3f})")
 # The stiff term (step ~ zeta / sigma_y^2) needs small steps: at zeta = 0.1 most of the error is discretisation
 # and shrinks with more steps; at zeta = 0.3 the over-weighting of the top component shrinks but stays: that
 # part is the point-mass approximation, which more steps do not remove.
+
+# %% tags=["check"]
+w_top = float(post_tight.weights.max())                     # the exact posterior's largest component weight
+exercises.check_close("dps_top[(0.1, 300)]", dps_top[0.1, 300], w_top, atol=0.1,
+                      hint="with a small zeta and small steps DPS lands near the posterior: measure the mass with the "
+                           "posterior's components (post_tight), at sigma_y = 0.05")
+exercises.check_between("dps_top[(0.3, 300)]", dps_top[0.3, 300], w_top + 0.1, 1.0,
+                        hint="at zeta = 0.3 the over-weighting of the top component stays with more steps: the point-mass "
+                             "approximation of p(x_0 | x_t)")
+exercises.check_between("dps_ratio[(0.1, 300)] / dps_ratio[(0.1, 100)]", dps_ratio[0.1, 300] / dps_ratio[0.1, 100], 0.0, 0.6,
+                        hint="at zeta = 0.1 most of the error is the step: 300 steps should cut the SW ratio well down")
+exercises.check_between("dps_ratio[(0.3, 300)]", dps_ratio[0.3, 300], 3.0, math.inf,
+                        hint="at zeta = 0.3 a bias remains at 300 steps")
 
 # %% [markdown]
 # ## Summary
