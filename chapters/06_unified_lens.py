@@ -28,7 +28,7 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import paths
+from utils import paths, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     "test": dict(hidden=64, depth=3, steps=1500, batch=256, lr=2e-3, t_lo=0.01, n_samples=8000,
@@ -743,9 +743,13 @@ widgets.explore(draw, {"t": (0.02, 1.0, 0.01, 0.15), "x1": (-3.0, 3.0, 0.1, 1.2)
 # %% [markdown]
 # ## Exercises
 #
+# Each answer cell is followed by a check: run it to test your answer against the exact oracle.
+#
 # **Exercise 1 (flow matching as a weighted ε-loss).** For the linear path $\alpha_t = 1-t$,
 # $\sigma_t = t$ show that the velocity loss is the $\epsilon$-loss with weight $w(t) = 1/(1-t)^2$,
-# using the table of Section 3, and check it numerically with `targets.convert` on random predictions.
+# using the table of Section 3. Define the weight as a function `w_lin(t)` (of a tensor of times) and check it
+# numerically with `targets.convert` on random predictions; the check compares `w_lin(t)` with the ratio of the
+# two squared errors on its own draws.
 
 # %% tags=["solution"]
 lin = schedules.LinearPath()
@@ -755,54 +759,108 @@ x_l = (1 - tl)[:, None] * x0_l + tl[:, None] * eps_l
 eps_hat_l = eps_l + 0.3 * torch.randn(1000, 2, dtype=torch.float64)          # any prediction will do
 v_err = ((targets.convert(eps_hat_l, "eps", "velocity", x_l, tl, lin) - (eps_l - x0_l)) ** 2).sum(1)
 e_err = ((eps_hat_l - eps_l) ** 2).sum(1)
-torch.testing.assert_close(v_err, e_err / (1 - tl) ** 2)
-print("velocity error == eps error / (1 - t)^2  (sigma_t lambda'_t = -1/(1-t))")
+
+
+def w_lin(t):
+    """The weight of the eps-error in the velocity loss of the linear path: (sigma_t lambda'_t)^2 = 1/(1-t)^2."""
+    return 1 / (1 - t) ** 2
+
+
+print(f"max |velocity error - w(t) eps error| = {float((v_err - w_lin(tl) * e_err).abs().max()):.1e}")
+
+# %% tags=["check"]
+g_chk = torch.Generator().manual_seed(71)
+t_chk = torch.rand(500, dtype=torch.float64, generator=g_chk) * 0.95
+x0_chk, eps_chk = data_fn(500, g_chk), torch.randn(500, 2, dtype=torch.float64, generator=g_chk)
+x_chk = (1 - t_chk)[:, None] * x0_chk + t_chk[:, None] * eps_chk
+eps_pred = eps_chk + torch.randn(500, 2, dtype=torch.float64, generator=g_chk)
+v_pred = targets.convert(eps_pred, "eps", "velocity", x_chk, t_chk, schedules.LinearPath())
+ratio = ((v_pred - (eps_chk - x0_chk)) ** 2).sum(1) / ((eps_pred - eps_chk) ** 2).sum(1)
+exercises.check_close("w_lin(t)", w_lin(t_chk), ratio, rtol=1e-6,
+                      hint="v = (eps - x) / (1 - t) for the linear path, so an eps error e becomes a velocity error "
+                           "e / (1 - t): the weight is its square")
 
 # %% [markdown]
 # **Exercise 2 (Fokker–Planck with the SDE).** The forward SDE $\mathrm dx = f(t)x\,\mathrm dt + g(t)\,\mathrm dW$
-# has the same marginals. Check numerically that $\partial_t p_t = -\nabla\cdot(f(t)\,x\,p_t) + \tfrac12 g(t)^2\Delta p_t$
-# for the oracle, and explain why the PF-ODE velocity $v_t = f x - \tfrac12 g^2\nabla\log p_t$ gives the same equation.
+# has the same marginals. Compute the right-hand side $-\nabla\cdot(f(t)\,x\,p_t) + \tfrac12 g(t)^2\Delta p_t$ for the
+# oracle at $t = 0.3$ on the grid of Section 6 (`S["fp_n"][1]` points per axis on the square of half-width `lim_fp`,
+# `ij` indexing as in `paths.continuity_residual`), store it in `fp_rhs`, shape (n, n), and check that it equals
+# $\partial_t p_t$. Explain why the PF-ODE velocity $v_t = f x - \tfrac12 g^2\nabla\log p_t$ gives the same equation.
 
 # %% tags=["solution"]
 n2, t2 = S["fp_n"][1], 0.3
 terms = paths.continuity_residual(oracle.log_prob, lambda x, s: float(sched.f(s)) * x, t2, lim=lim_fp, n=n2)
 h2 = 2 * lim_fp / (n2 - 1)
-pts2 = terms.points
-p2 = oracle.log_prob(pts2, t2).exp().reshape(n2, n2)
+p2 = oracle.log_prob(terms.points, t2).exp().reshape(n2, n2)
 lap = sum(torch.gradient(torch.gradient(p2, spacing=h2, dim=d, edge_order=2)[0], spacing=h2, dim=d, edge_order=2)[0]
           for d in (0, 1))
-rhs = -terms.div_flux + 0.5 * float(sched.g2(t2)) * lap
-fp_err = float((terms.dp_dt - rhs).abs().max() / terms.dp_dt.abs().max())
+fp_rhs = -terms.div_flux + 0.5 * float(sched.g2(t2)) * lap
+fp_err = float((terms.dp_dt - fp_rhs).abs().max() / terms.dp_dt.abs().max())
 print(f"Fokker-Planck relative residual: {fp_err:.2e}")
-assert fp_err < 0.05
 # -div(f x p) + g^2/2 lap p = -div(p (f x - g^2/2 grad log p)) since lap p = div(p grad log p).
+
+# %% tags=["check"]
+u_chk = torch.linspace(-lim_fp, lim_fp, S["fp_n"][1], dtype=torch.float64)
+grid_chk = torch.stack([m.reshape(-1) for m in torch.meshgrid(u_chk, u_chk, indexing="ij")], 1)
+p_at = lambda s: oracle.log_prob(grid_chk, s).exp().reshape(len(u_chk), len(u_chk))
+dp_dt_chk = (p_at(0.3 + 1e-4) - p_at(0.3 - 1e-4)) / 2e-4                  # d p_t / dt of the exact marginals
+exercises.check_close("fp_rhs", fp_rhs, dp_dt_chk, rtol=0, atol=0.05 * float(dp_dt_chk.abs().max()),
+                      hint="on the (n2, n2) grid of [-lim_fp, lim_fp]^2 at t = 0.3: -div(f(t) x p_t) + 1/2 g(t)^2 "
+                           "(d^2/dx1^2 + d^2/dx2^2) p_t, with sched.f and sched.g2")
 
 # %% [markdown]
 # **Exercise 3 (the velocity under a change of schedule).** Differentiate $x^{\text{new}}_t = c(t)\,x^{\text{old}}_{t'(t)}$
 # to get $v^{\text{new}}_t(x) = \frac{c'}{c}\,x + c\,\frac{\mathrm dt'}{\mathrm dt}\,v^{\text{old}}_{t'}(x/c)$.
-# Check it against `paths.reschedule(oracle, edm).velocity` with finite differences for $c'$ and $\mathrm dt'/\mathrm dt$.
+# Define `v_chain(x, t)`, this formula for the VP oracle moved to EDM, with $(t', c)$ from
+# `paths.reschedule(oracle, edm).time_and_scale(t)` and finite differences for $c'$ and $\mathrm dt'/\mathrm dt$; the
+# check compares it with `paths.reschedule(oracle, edm).velocity` at three times.
 
 # %% tags=["solution"]
 moved = paths.reschedule(oracle, edm)
-t3, d3 = 0.4, 1e-5
-(tp, cp), (tm, cm), (t0_, c0_) = (moved.time_and_scale(s) for s in (t3 + d3, t3 - d3, t3))
-dc, dt_old = float(cp - cm) / (2 * d3), float(tp - tm) / (2 * d3)
-x3 = mix.sample(300, torch.Generator().manual_seed(12), t=t3, schedule=edm)[0]
-v_formula = dc / float(c0_) * x3 + float(c0_) * dt_old * oracle.velocity(x3 / c0_, float(t0_))
-torch.testing.assert_close(v_formula, moved.velocity(x3, t3), rtol=1e-5, atol=1e-5)
-print("chain-rule velocity == rescheduled velocity")
+
+
+def v_chain(x, t, d=1e-5):
+    """c'/c x + c dt'/dt v_old(x / c, t'), with c' and dt'/dt by central differences."""
+    (tp, cp), (tm, cm), (t_old, c) = (moved.time_and_scale(s) for s in (t + d, t - d, t))
+    dc, dt_old = float(cp - cm) / (2 * d), float(tp - tm) / (2 * d)
+    return dc / float(c) * x + float(c) * dt_old * oracle.velocity(x / c, float(t_old))
+
+
+x3 = mix.sample(300, torch.Generator().manual_seed(12), t=0.4, schedule=edm)[0]
+print(f"max |chain rule - rescheduled velocity| at t = 0.4: {float((v_chain(x3, 0.4) - moved.velocity(x3, 0.4)).abs().max()):.1e}")
+
+# %% tags=["check"]
+for t_chk in (0.2, 0.4, 0.7):
+    x_chk = mix.sample(300, torch.Generator().manual_seed(72), t=t_chk, schedule=edm)[0]
+    exercises.check_close(f"v_chain(x, {t_chk})", v_chain(x_chk, t_chk), paths.reschedule(mix.denoiser(sched), edm).velocity(x_chk, t_chk),
+                          rtol=1e-5, atol=1e-5, hint="differentiate c(t) x_old(t'(t)): the product rule gives c'/c x "
+                                                     "(with x_old = x / c) plus c dt'/dt v_old(x / c, t')")
 
 # %% [markdown]
 # **Exercise 4 (which target for which model?).** Using the (model × target) error table of Section 4,
 # explain why the $x_0$-model's $\epsilon$ and score are poor at small $t$ and the $\epsilon$-model's $x_0$ is
-# poor at large $t$. Compute `rel_err` for both at $t=0.05$ and $t=0.95$.
+# poor at large $t$. Compute `rel_err` for both at $t=0.05$ and $t=0.95$ and store them in the dicts
+# `err_x0_model_eps` (the $x_0$-model asked for $\epsilon$) and `err_eps_model_x0` (the $\epsilon$-model asked for
+# $x_0$), keyed by $t$.
 
 # %% tags=["solution"]
+err_x0_model_eps = {t4: rel_err(models["x0"], "eps", t4) for t4 in (0.05, 0.95)}
+err_eps_model_x0 = {t4: rel_err(models["eps"], "x0", t4) for t4 in (0.05, 0.95)}
 for t4 in (0.05, 0.95):
-    print(f"t={t4}: x0-model eps error {rel_err(models['x0'], 'eps', t4):.3f}, "
-          f"eps-model x0 error {rel_err(models['eps'], 'x0', t4):.3f}")
+    print(f"t={t4}: x0-model eps error {err_x0_model_eps[t4]:.3f}, eps-model x0 error {err_eps_model_x0[t4]:.3f}")
 # eps = (x - alpha x0)/sigma divides x0's error by sigma (small at small t);
 # x0 = (x - sigma eps)/alpha divides eps's error by alpha (small at large t).
+
+# %% tags=["check"]
+for t4 in (0.05, 0.95):
+    exercises.check_close(f"err_x0_model_eps[{t4}]", err_x0_model_eps[t4], rel_err(models["x0"], "eps", t4), rtol=1e-6,
+                          hint="the x0-trained model asked for eps (rel_err(models['x0'], 'eps', t))")
+    exercises.check_close(f"err_eps_model_x0[{t4}]", err_eps_model_x0[t4], rel_err(models["eps"], "x0", t4), rtol=1e-6,
+                          hint="the eps-trained model asked for x0 (rel_err(models['eps'], 'x0', t))")
+exercises.check_between("err_x0_model_eps[0.05] / err_x0_model_eps[0.95]", err_x0_model_eps[0.05] / err_x0_model_eps[0.95],
+                        10.0, math.inf, hint="eps = (x - alpha x0) / sigma multiplies the x0 error by alpha / sigma, large at small t")
+exercises.check_between("err_eps_model_x0[0.95] / err_eps_model_x0[0.05]", err_eps_model_x0[0.95] / err_eps_model_x0[0.05],
+                        10.0, math.inf, hint="x0 = (x - sigma eps) / alpha multiplies the eps error by sigma / alpha, large at large t")
 
 # %% [markdown]
 # ## Summary
