@@ -11,7 +11,11 @@ Prints, and with ``--update-manifest`` writes into MANIFEST.json:
   guidance at a moderate w (target: > 0.9), and the same with classifier guidance
   (noise-conditional classifier);
 * the FID classifier's accuracy on the real test set;
-* seconds to draw 16 samples at 20 NFE from each model, on the threads given (default 2).
+* seconds to draw 16 samples at 20 NFE from each model, on the threads given (default 2);
+* the one-step model (Ch. 11, ``fmnist_consistency.pt``): classifier-FID at 1 and 2 NFE
+  (unconditional, the null label) against the same floor, the accuracy of its class-conditional
+  samples at 1 NFE, and seconds for 16 samples at 1 NFE. ``--only one-step`` measures just that
+  (and, with ``--update-manifest``, writes its entry, adding it to the manifest if it is new).
 """
 from __future__ import annotations
 
@@ -32,6 +36,10 @@ from utils.solvers import dpm_solver_pp_2m  # noqa: E402
 from utils.targets import NULL_LABEL  # noqa: E402
 
 UNET, CLASSIFIER, NOISY = "fmnist_unet_cfg.pt", "fmnist_classifier.pt", "fmnist_noisy_classifier.pt"
+ONE_STEP = "fmnist_consistency.pt"
+ONE_STEP_ROLE = ("one-step model (Ch. 11): a consistency model f = c_skip x + c_out F (F the teacher's U-Net, started "
+                 "from its weights) distilled by regression on the teacher's DPM-Solver++(2M) trajectories "
+                 "(fmnist_unet_cfg.pt, 16 steps, x0 clipped); class-conditional, the null label unconditional")
 
 
 def draw(model, n, nfe, y, seed=0):
@@ -40,6 +48,41 @@ def draw(model, n, nfe, y, seed=0):
     grid = edm_grid(model.schedule, nfe)
     return fid.sample_images(fid.ClippedX0(model), n, (1, 28, 28), grid, y=y, seed=seed, batch_size=250,
                              sampler=dpm_solver_pp_2m).clamp(-1, 1)
+
+
+def draw_one_step(model, n, nfe, y, seed=0):
+    """n images from the consistency model in ``nfe`` (1 or 2) evaluations (Alg. 9, re-noising at
+    the middle of its teacher grid), clipped to [-1, 1], per-sample seeds."""
+    from utils import flowmaps
+
+    grid = train.teacher_grid(model.schedule, model.meta["spec"]["teacher_steps"])
+    grids = {1: torch.tensor([1.0, 0.0], dtype=torch.float64),
+             2: torch.tensor([1.0, float(grid[len(grid) // 2]), 0.0], dtype=torch.float64)}
+
+    def sampler(m, x, g, y=None):
+        return flowmaps.sample_consistency(m, x, g, torch.Generator().manual_seed(7), y=y).clamp(-1, 1)
+
+    return fid.sample_images(model, n, (1, 28, 28), grids[nfe], y=y, seed=seed, batch_size=250, sampler=sampler)
+
+
+def one_step_figures(args, ref, floor, clf):
+    cm = train.load_pretrained(ONE_STEP)
+    out = {"fid_n": args.n, "fid_floor": round(floor, 4)}
+    for nfe in (1, 2):
+        f = fid.classifier_fid(draw_one_step(cm, args.n, nfe, NULL_LABEL), ref, clf)
+        out[f"classifier_fid_{nfe}nfe"], out[f"fid_over_floor_{nfe}nfe"] = round(f, 4), round(f / floor, 2)
+        print(f"one-step model, unconditional, {nfe} NFE: classifier-FID {f:.3f} = {f / floor:.2f} x floor")
+    labels = torch.arange(args.n_acc) % 10
+    acc = fid.classifier_accuracy(draw_one_step(cm, args.n_acc, 1, labels), labels, clf)
+    print(f"one-step model, class-conditional, 1 NFE: accuracy {acc:.3f} (n={args.n_acc})")
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    draw_one_step(cm, 16, 1, torch.arange(16) % 10)
+    secs = time.perf_counter() - start
+    print(f"16 samples at 1 NFE: {secs:.3f} s ({args.threads} threads)")
+    out.update(accuracy_conditional_1nfe=round(acc, 4), accuracy_n=args.n_acc, seconds_16_samples_1nfe=round(secs, 3),
+               sampler="sample_consistency (Alg. 9), 1 or 2 NFE, output clipped to [-1, 1]")
+    return out
 
 
 def seconds_for_16(model, nfe=20, y=None):
@@ -59,6 +102,7 @@ def main(argv=None):
     p.add_argument("--nfe-acc", type=int, default=20, help="NFE of the guided samples")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--update-manifest", action="store_true")
+    p.add_argument("--only", choices=("all", "one-step"), default="all")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     unet, clf, noisy = (train.load_pretrained(n) for n in (UNET, CLASSIFIER, NOISY))
@@ -73,6 +117,16 @@ def main(argv=None):
     test_acc = fid.classifier_accuracy(xte, yte, clf)
     print(f"FID classifier: test accuracy {test_acc:.4f}; floor (train vs test, n={args.n}) {floor:.3f} "
           f"(5 draws: {float(floors.min()):.2f} to {float(floors.max()):.2f})")
+    one_step = one_step_figures(args, ref, floor, clf) if train.is_shipped(ONE_STEP) else None
+    if args.only == "one-step":
+        if args.update_manifest and one_step is not None:
+            entries = train.read_manifest()
+            if ONE_STEP not in entries or entries[ONE_STEP]["sha256"] != train.sha256_file(train.CHECKPOINT_DIR / ONE_STEP):
+                entries[ONE_STEP] = train.manifest_entry(train.CHECKPOINT_DIR / ONE_STEP, ONE_STEP_ROLE)
+            entries[ONE_STEP]["figures"].update(one_step, threads=args.threads, load_average=round(os.getloadavg()[0], 1))
+            train.write_manifest(list(entries.values()), notes=train.read_manifest_notes())
+            print(f"updated {train.MANIFEST}")
+        return {"one_step": one_step}
 
     start = time.perf_counter()
     uncond = draw(unet, args.n, args.nfe, NULL_LABEL)
@@ -109,12 +163,16 @@ def main(argv=None):
                     "seconds_16_samples_20nfe_guided": round(times["classifier_guidance"], 2)},
         }
         entries = train.read_manifest()
+        if one_step is not None:
+            if ONE_STEP not in entries or entries[ONE_STEP]["sha256"] != train.sha256_file(train.CHECKPOINT_DIR / ONE_STEP):
+                entries[ONE_STEP] = train.manifest_entry(train.CHECKPOINT_DIR / ONE_STEP, ONE_STEP_ROLE)
+            figures[ONE_STEP] = one_step
         for name, fig in figures.items():
             entries[name]["figures"].update(fig, threads=args.threads, load_average=round(load, 1))
         notes = train.read_manifest_notes()
         train.write_manifest(list(entries.values()), notes=notes)
         print(f"updated {train.MANIFEST}")
-    return {"fid": fid_uncond, "floor": floor, "acc_cfg": acc_cfg, "acc_cg": acc_cg, "times": times}
+    return {"fid": fid_uncond, "floor": floor, "acc_cfg": acc_cfg, "acc_cg": acc_cg, "times": times, "one_step": one_step}
 
 
 if __name__ == "__main__":

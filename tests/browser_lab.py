@@ -310,3 +310,13 @@ def run_chapter(lab, browser, name):
                           " window.__nb.context.model.dirty = false; window.__nb.close(); } }")
         finally:
             page.close()
+
+
+def chapter_test(part: int):
+    """The test of one half of the chapters (``PARTS[part]``), for a test module to bind."""
+    @pytest.mark.parametrize("name", PARTS[part])
+    def test_chapter_in_jupyterlab(lab, browser, name):
+        run_chapter(lab, browser, name)
+    for mark in MARKS:
+        test_chapter_in_jupyterlab = mark(test_chapter_in_jupyterlab)
+    return test_chapter_in_jupyterlab

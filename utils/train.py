@@ -463,6 +463,10 @@ def image_model(name, train: bool = False, device="cpu", runs=CHECKPOINT_DIR.par
     args = args[args.index("utils.train") + 1:]  # the arguments after `python -m utils.train`
     out = Path(runs) / str(name)
     args[args.index("--out") + 1] = str(out)
+    if "--teacher" in args:  # a distilled model learns from the teacher trained here, when there is one
+        fresh = Path(runs) / args[args.index("--teacher") + 1]
+        if fresh.exists():
+            args[args.index("--teacher") + 1] = str(fresh)
     main([a for a in args if a != "--resume"] + ["--resume"])
     return load_pretrained(out, device=device)
 
