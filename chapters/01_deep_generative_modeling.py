@@ -30,7 +30,7 @@ import math, time, torch, matplotlib.pyplot as plt
 from tqdm.auto import trange
 from torch import nn
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import likelihood
+from utils import likelihood, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     # steps: Adam steps per family; hidden: width of every small MLP; n_samples: samples per model
@@ -861,57 +861,103 @@ config.record(**{f"nb01_{name.split()[0].replace('-', '_').lower()}_sw_ratio": f
 # %% [markdown]
 # ## Exercises
 #
+# Each exercise has an answer cell (the student version leaves it empty) and a check cell after it:
+# run the check to test your answer; a wrong one says what is off and gives a hint.
+#
 # **Exercise 1 (moment matching in 2D).** The forward-KL-best *single Gaussian* for the eight Gaussians
 # is $\mathcal N(\text{mean}, \text{covariance})$ of the data. Compute its held-out negative
-# log-likelihood and its KL gap. How does it compare to the tiny models above? Where does that
-# Gaussian put its peak?
+# log-likelihood on `x_test` (nats, averaged over the points) into `gauss_nll`, and the point where its
+# density peaks into `gauss_peak` (a tensor of shape (2,)). How does it compare to the tiny models above?
+# Where does that Gaussian put its peak?
 
 # %% tags=["solution"]
 mean2, cov2 = oracle.mean().float(), oracle.covariance().float()
 gauss2 = torch.distributions.MultivariateNormal(mean2, cov2)
 gauss_nll = -gauss2.log_prob(x_test).mean().item()
+gauss_peak = mean2
 print(f"mean {mean2.tolist()}, covariance {cov2.tolist()}")
 print(f"single Gaussian: -log-likelihood {gauss_nll:.3f}, KL gap {gauss_nll - H_data:.3f} nats "
       f"(AR model {ar_nll - H_data:.3f}, flow {flow_nll - H_data:.3f})")
-assert gauss_nll - H_data > 1.5 * max(ar_nll, flow_nll, ebm_nll_test) - 1.5 * H_data
 # Its peak is at the origin, in the hole of the ring, where the data have almost no mass: mode covering.
+
+# %% tags=["check"]
+# Eight modes evenly on a circle of radius 2, each N(mode, 0.15^2 I): the mean is 0 and the
+# covariance (2^2 / 2 + 0.15^2) I, by symmetry. The Gaussian's NLL on x_test follows in closed form.
+c = 2.0 ** 2 / 2 + MODE_STD ** 2
+nll_closed = math.log(2 * math.pi * c) + (x_test.double() ** 2).sum(1).mean().item() / (2 * c)
+exercises.check_close("gauss_nll", gauss_nll, nll_closed, rtol=2e-3,
+                      hint="N(mean, covariance) of the data: covariance (r^2/2 + 0.15^2) I, a variance, not a standard deviation")
+exercises.check_close("gauss_peak", gauss_peak, torch.zeros(2), atol=0.05,
+                      hint="a Gaussian peaks at its mean, the centre of the ring")
 
 # %% [markdown]
 # **Exercise 2 (the partition function by importance sampling).** Estimate $Z_\theta$ of the trained
 # EBM without a grid: $Z = \mathbb{E}_{x\sim r}[e^{-E_\theta(x)}/r(x)]$ for a proposal $r = \mathcal N(0, 2^2 I)$.
-# Compare with the grid value for $10^2, 10^3, 10^4$ proposal samples. Why does this estimator become
-# useless in high dimension?
+# Store $\log Z$ for $10^2, 10^3, 10^4$ proposal samples in the list `log_Z_is` and compare with the grid
+# value `logZ_fine`. Why does this estimator become useless in high dimension? Measure it: for the target
+# $p = \mathcal N(0, I_d)$ and the same proposal $r = \mathcal N(0, 2^2 I_d)$, estimate the effective sample
+# size fraction $n_\text{eff}/n = (\sum_k w_k)^2 / (n \sum_k w_k^2)$ with $n = 10^4$ for $d = 2$ and $d = 5$, and
+# store it in the dict `ess_fraction` (keys 2 and 5).
 
 # %% tags=["solution"]
 r = torch.distributions.MultivariateNormal(torch.zeros(2), 4 * torch.eye(2))
 g_is = torch.Generator().manual_seed(11)
+log_Z_is = []
 for n in [100, 1000, 10000]:
     xs = 2 * torch.randn(n, 2, generator=g_is)
     with torch.no_grad():
         log_w = -energy(xs).squeeze(-1) - r.log_prob(xs)
-    log_Z_is = (torch.logsumexp(log_w, 0) - math.log(n)).item()
+    log_Z_is.append((torch.logsumexp(log_w, 0) - math.log(n)).item())
     ess = (torch.logsumexp(log_w, 0) * 2 - torch.logsumexp(2 * log_w, 0)).exp().item()
-    print(f"n = {n:5d}: log Z = {log_Z_is:.3f} (grid {logZ_fine:.3f}), effective sample size {ess:.0f}")
+    print(f"n = {n:5d}: log Z = {log_Z_is[-1]:.3f} (grid {logZ_fine:.3f}), effective sample size {ess:.0f}")
+
+ess_fraction = {}
+for d in (2, 5):
+    xs = 2 * torch.randn(10000, d, dtype=torch.float64, generator=g_is)
+    log_w = (torch.distributions.Normal(0.0, 1.0).log_prob(xs) - torch.distributions.Normal(0.0, 2.0).log_prob(xs)).sum(1)
+    ess_fraction[d] = ((torch.logsumexp(log_w, 0) * 2 - torch.logsumexp(2 * log_w, 0)).exp() / 10000).item()
+    print(f"d = {d}: n_eff / n = {ess_fraction[d]:.3f}")
 # The weights' variance grows exponentially with the dimension when the proposal does not match the
-# model: the effective sample size collapses to a handful of points and the estimate is dominated by
-# the single largest weight.
+# target: n_eff / n -> 1 / E_r[w^2], a factor per dimension, so it collapses to a handful of points and
+# the estimate is dominated by the single largest weight.
+
+# %% tags=["check"]
+exercises.check_close("log_Z_is[-1]", log_Z_is[-1], logZ_fine, atol=0.1,
+                      hint="log mean of exp(-E(x)) / r(x) over x ~ r = N(0, 4 I): subtract log r(x), and log n, inside")
+# n_eff / n -> (E_r[w])^2 / E_r[w^2] = 1 / E_r[w^2], and per dimension
+# E_r[w^2] = int N(x; 0, 1)^2 / N(x; 0, 2^2) dx = s / sqrt(2 - 1/s^2) with s = 2
+for d in (2, 5):
+    exercises.check_close(f"ess_fraction[{d}]", ess_fraction[d], (2 / math.sqrt(2 - 1 / 4)) ** -d, rtol=0.2,
+                          hint="(sum w)^2 / (n sum w^2) with w = p(x) / r(x) in d dimensions: "
+                               "the log-densities add over the d coordinates")
 
 # %% [markdown]
 # **Exercise 3 (two reverse-KL optima).** With unequal weights $w = 0.8$ on the left mode and $d = 2$,
-# run the reverse-KL fit from $\mu_0 = -1$ and from $\mu_0 = +1$. Both converge; which is the global
-# minimum, and by how much? What does the forward-KL fit do instead?
+# run the reverse-KL fit from $\mu_0 = -1$ and from $\mu_0 = +1$ and store the fitted means and the
+# final KLs in `mu_left`, `kl_left` (from $-1$) and `mu_right`, `kl_right` (from $+1$). Both converge;
+# which is the global minimum, and by how much? Store the mean of the forward-KL fit in `mu_forward`:
+# what does it do instead?
 
 # %% tags=["solution"]
 p_uneq = bimodal(2.0, w=0.8)
-left = fit_gaussian(p_uneq, "reverse", mu0=-1.0)
-right = fit_gaussian(p_uneq, "reverse", mu0=1.0)
-fwd_uneq = fit_gaussian(p_uneq, "forward")
-print(f"reverse from -1: mu = {left[0]:+.3f}, KL = {left[2]:.4f}")
-print(f"reverse from +1: mu = {right[0]:+.3f}, KL = {right[2]:.4f}")
-print(f"forward:         mu = {fwd_uneq[0]:+.3f}, s = {fwd_uneq[1]:.3f} (closed form mean {p_uneq.mean().item():+.3f})")
-assert left[0] < 0 < right[0] and left[2] < right[2]
+mu_left, _, kl_left = fit_gaussian(p_uneq, "reverse", mu0=-1.0)
+mu_right, _, kl_right = fit_gaussian(p_uneq, "reverse", mu0=1.0)
+mu_forward, s_forward, _ = fit_gaussian(p_uneq, "forward")
+print(f"reverse from -1: mu = {mu_left:+.3f}, KL = {kl_left:.4f}")
+print(f"reverse from +1: mu = {mu_right:+.3f}, KL = {kl_right:.4f}")
+print(f"forward:         mu = {mu_forward:+.3f}, s = {s_forward:.3f} (closed form mean {p_uneq.mean().item():+.3f})")
 # Each is a local minimum; the heavier mode gives the lower KL, about log(0.8 / 0.2) = 1.39 nats lower:
 # q sits on one mode and KL(q || p) ~ -log w_mode, so the difference is log(0.8) - log(0.2).
+# The forward fit covers both modes: its mean is the mixture's mean, 0.8 (-2) + 0.2 (2) = -1.2.
+
+# %% tags=["check"]
+exercises.check_close("mu_left", mu_left, -2.0, atol=0.05, hint="from mu0 = -1 the reverse-KL fit locks onto the left mode at -2")
+exercises.check_close("mu_right", mu_right, 2.0, atol=0.05, hint="from mu0 = +1 it locks onto the right mode at +2")
+# q on one well-separated mode: KL(q || p) ~ -log(weight of that mode), so the gap is log(0.8 / 0.2)
+exercises.check_close("kl_right - kl_left", kl_right - kl_left, math.log(0.8 / 0.2), atol=0.02,
+                      hint="bimodal(2.0, w=0.8) puts weight 0.8 on the LEFT mode; the lighter mode costs log(0.8/0.2) more")
+exercises.check_close("mu_forward", mu_forward, 0.8 * -2.0 + 0.2 * 2.0, atol=0.01,
+                      hint="forward KL matches moments: the mean of the mixture")
 
 # %% [markdown]
 # ## Summary
