@@ -30,7 +30,7 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import math, itertools, torch, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import ot, flows, flowmaps
+from utils import ot, flows, flowmaps, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     "test": dict(n_jac=200, jac_steps=256, n_pair=200, n_cloud=64, fm_steps=1200, fm_batch=256, fm_hidden=128, fm_ema=0.99, n_w2=1000, n_floor=8000, ode_steps=50),
@@ -779,34 +779,64 @@ fig.tight_layout()
 # %% [markdown]
 # ## Exercises
 #
+# Each answer cell is followed by a check: run it to test your answer against exact OT or a closed form.
+#
 # **1.** In 1-D, OT is sorting: the monotone rearrangement pairs the $k$-th smallest $x$ with the $k$-th
-# smallest $y$. Check that `ot.w2` equals the sorted-pairs distance for two 1-D samples of 300 points.
+# smallest $y$. Define `w2_sorted(a, b)`, the sorted-pairs distance $\big(\frac1n\sum_k (a_{(k)} - b_{(k)})^2\big)^{1/2}$
+# of two 1-D samples `a, b` of shape (n, 1), and compare it with `ot.w2` on two samples of 300 points; the check
+# does so on samples of its own.
 
 # %% tags=["solution"]
+def w2_sorted(a, b):
+    """W2 between two 1-D samples of equal size, a, b: (n, 1): pair the k-th smallest with the k-th smallest."""
+    return float(((a.sort(0).values - b.sort(0).values) ** 2).mean().sqrt())
+
+
 g = torch.Generator().manual_seed(20)
 a1, b1 = torch.randn(300, 1, generator=g, dtype=torch.float64), 2 + torch.rand(300, 1, generator=g, dtype=torch.float64)
-sorted_w2 = float(((a1.sort(0).values - b1.sort(0).values) ** 2).mean().sqrt())
-print(ot.w2(a1, b1), sorted_w2)
-assert abs(ot.w2(a1, b1) - sorted_w2) < 1e-12
+print(f"ot.w2 {ot.w2(a1, b1):.6f}, sorted pairs {w2_sorted(a1, b1):.6f}")
+
+# %% tags=["check"]
+g_chk = torch.Generator().manual_seed(81)
+for a_chk, b_chk in [(torch.randn(300, 1, generator=g_chk, dtype=torch.float64),
+                      2 + torch.rand(300, 1, generator=g_chk, dtype=torch.float64)),
+                     (torch.randn(300, 1, generator=g_chk, dtype=torch.float64) ** 3,
+                      -torch.randn(300, 1, generator=g_chk, dtype=torch.float64).abs())]:
+    exercises.check_close("w2_sorted(a, b)", w2_sorted(a_chk, b_chk), ot.w2(a_chk, b_chk), rtol=1e-10, atol=1e-12,
+                          hint="sort both samples, pair them in order, and return the root of the mean squared gap")
 
 # %% [markdown]
 # **2.** The Cholesky map $\varepsilon \mapsto m + L\varepsilon$ with $LL^\top = \Sigma$ also pushes $N(0, I)$ to
-# $N(m, \Sigma)$. Compute its transport cost and compare it with $W_2^2$. Which of the two maps does a
-# diffusion model's PF-ODE compute (Sec. 5a)?
+# $N(m, \Sigma)$. For $m$ = `m_data` and $\Sigma = \begin{pmatrix}2 & 0.9\\ 0.9 & 0.6\end{pmatrix}$, store its transport
+# cost $\mathbb E\|m + L\varepsilon - \varepsilon\|^2$ in `cost_chol` and $W_2^2$ in `cost_sym` (floats), and compare
+# them. Which of the two maps does a diffusion model's PF-ODE compute (Section 5.1)?
 
 # %% tags=["solution"]
 Sig = torch.tensor([[2.0, 0.9], [0.9, 0.6]], dtype=torch.float64)
 L_chol = torch.linalg.cholesky(Sig)
-cost_chol = float((m_data ** 2).sum() + torch.trace((L_chol - I2) @ (L_chol - I2).T))
+cost_chol = float((m_data ** 2).sum() + torch.trace((L_chol - I2) @ (L_chol - I2).T))   # E||m + L eps - eps||^2
 cost_sym = ot.gaussian_w2(torch.zeros(2), I2, m_data, Sig) ** 2
 print(f"Cholesky map {cost_chol:.4f} > W2^2 {cost_sym:.4f} (the symmetric root, which the PF-ODE computes)")
-assert cost_chol > cost_sym
 
+# %% tags=["check"]
+Sig_chk = torch.tensor([[2.0, 0.9], [0.9, 0.6]], dtype=torch.float64)
+m_chk = torch.tensor([1.0, -0.5], dtype=torch.float64)
+eps_chk = torch.randn(400_000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(82))
+moved_chk = m_chk + eps_chk @ torch.linalg.cholesky(Sig_chk).T                   # the Cholesky map, sampled
+mc = ((moved_chk - eps_chk) ** 2).sum(1)
+exercises.check_close("cost_chol", cost_chol, mc.mean(), rtol=0, atol=5 * float(mc.std()) / math.sqrt(len(mc)),
+                      hint="E||m + L eps - eps||^2 = ||m||^2 + ||L - I||_F^2 (Monte Carlo of the map itself here)")
+evals, evecs = torch.linalg.eigh(Sig_chk)
+root = evecs @ torch.diag(evals.sqrt()) @ evecs.T                                 # Sigma^{1/2}, the symmetric root
+exercises.check_close("cost_sym", cost_sym, float((m_chk ** 2).sum() + torch.trace(I2 + Sig_chk - 2 * root)), rtol=1e-8,
+                      hint="W2^2 between N(0, I) and N(m, Sigma) is ||m||^2 + tr(I + Sigma - 2 Sigma^{1/2}): square ot.gaussian_w2")
+assert cost_chol > cost_sym, f"cost_chol = {cost_chol:.4f} should exceed W2^2 = {cost_sym:.4f}: no map costs less than OT"
 
 # %% [markdown]
 # **3.** Count the iterations plain Sinkhorn (the inline version, with a stopping test added) needs to
-# bring the row-marginal error below $10^{-6}$ for $\varepsilon = 1, 0.3, 0.1$ on `x_cloud, y_cloud`. How does
-# the count grow as $\varepsilon$ falls?
+# bring the row-marginal error $\sum_i |\sum_j P_{ij} - \frac1n|$ below $10^{-6}$ for $\varepsilon = 1, 0.3, 0.1$ on
+# `x_cloud, y_cloud`, and store the counts in the dict `counts` keyed by $\varepsilon$. How does the count grow as
+# $\varepsilon$ falls?
 
 # %% tags=["solution"]
 def sinkhorn_count(x, y, eps, tol=1e-6, max_iter=20_000):
@@ -823,12 +853,22 @@ def sinkhorn_count(x, y, eps, tol=1e-6, max_iter=20_000):
 
 counts = {eps: sinkhorn_count(x_cloud, y_cloud, eps) for eps in [1.0, 0.3, 0.1]}
 print(counts)
-assert counts[1.0] < counts[0.3] < counts[0.1]
+
+# %% tags=["check"]
+assert set(counts) == {1.0, 0.3, 0.1}, f"counts should have the keys 1.0, 0.3, 0.1; got {sorted(counts)}"
+assert counts[1.0] < counts[0.3] < counts[0.1] < 20_000, (
+    f"the iteration counts should grow as eps falls (and stay below the cap); got {counts}.\nHint: stop on the "
+    "row-marginal error sum_i |sum_j P_ij - 1/n| after the g update (the column marginals are then exact), "
+    "with P = exp((f_i + g_j - C_ij) / eps)")
+exercises.check_between("counts[0.1] / counts[1.0]", counts[0.1] / counts[1.0], 3.0, 1e4,
+                        hint="the contraction rate of Sinkhorn degrades like exp(-max C / eps): ten times smaller eps, "
+                             "many times more iterations")
 
 # %% [markdown]
 # **4.** Minibatch OT is biased: the average OT cost within batches of size $B$ is larger than the OT cost
-# of the whole sample. Draw 512 moons and 512 eight-Gaussian points, split them into batches of
-# $B = 8, 32, 128, 512$, and plot the mean within-batch $W_2^2$ against $B$.
+# of the whole sample. Draw 512 moons `xa` and 512 eight-Gaussian points `xb` (float64, with `moons` and `source`),
+# split them in order into batches of $B = 8, 32, 128, 512$, store the mean within-batch $W_2^2$ in the dict
+# `batch_cost` keyed by $B$, and plot it against $B$.
 
 # %% tags=["solution"]
 g = torch.Generator().manual_seed(21)
@@ -836,12 +876,29 @@ xa, xb = moons(512, g).double(), source(512, g).double()
 batch_cost = {B: sum(ot.w2(xa[k:k + B], xb[k:k + B]) ** 2 for k in range(0, 512, B)) / (512 // B)
               for B in [8, 32, 128, 512]}
 print({B: round(c, 3) for B, c in batch_cost.items()})
-assert batch_cost[8] > batch_cost[512]
+fig, ax = plt.subplots(figsize=(4, 3))
+ax.semilogx(list(batch_cost), list(batch_cost.values()), "o-", base=2)
+ax.set(xlabel="batch size B", ylabel="mean within-batch $W_2^2$", title="minibatch OT is biased upwards");
+
+# %% tags=["check"]
+assert set(batch_cost) == {8, 32, 128, 512}, f"batch_cost should have the keys 8, 32, 128, 512; got {sorted(batch_cost)}"
+full_chk = ot.w2(xa, xb) ** 2                                # the whole sample's OT cost
+identity_chk = float(((xa - xb) ** 2).sum(1).mean())        # the pairs as drawn (each batch's cost is at most this)
+for B in (8, 32, 128, 512):
+    exercises.check_between(f"batch_cost[{B}]", batch_cost[B], full_chk - 1e-9, identity_chk + 1e-9,
+                            hint="the mean over the 512 / B batches of ot.w2(batch of xa, batch of xb) ** 2: the batches' "
+                                 "assignments together are one assignment of the whole sample, so it is at least the "
+                                 "whole sample's W2^2, and at most the cost of the pairs as drawn")
+exercises.check_close("batch_cost[512]", batch_cost[512], full_chk, rtol=1e-9, hint="one batch of 512 is the whole sample")
+exercises.check_between("batch_cost[8] / batch_cost[512]", batch_cost[8] / batch_cost[512], 1.1, 1e3,
+                        hint="small batches cannot find the far partners the global assignment uses: a visible bias")
 
 # %% [markdown]
 # **5.** The PF-ODE pairing of a few hundred points on the eight Gaussians was cyclically monotone (5.3). Is
-# its map an OT map? Apply the Jacobian test of 5.2 to `data.toy_gmm("8gaussians")` at 60 prior points, with
-# the solver error measured by halving the steps.
+# its map an OT map? Apply the Jacobian test of 5.2 to `data.toy_gmm("8gaussians")` (its oracle on `path`) at 60
+# prior points: store the Jacobians with `n_fine` steps in `J8` and with `n_fine // 2` in `J8_half` (`pf_ode_jacobian`),
+# the asymmetry $\|J - J^\top\|_F / \|J\|_F$ per point in `asym8`, and the solver error
+# $\|J - J_{\text{half}}\|_F / \|J\|_F$ per point in `err8`.
 
 # %% tags=["solution"]
 gauss8 = data.toy_gmm("8gaussians").denoiser(path)
@@ -852,9 +909,23 @@ asym8 = ot.jacobian_asymmetry(J8)
 err8 = (J8 - J8_half).flatten(1).norm(dim=1) / J8.flatten(1).norm(dim=1)
 print(f"8 Gaussians: ||J - J^T|| / ||J|| median {asym8.median():.3f} (max {asym8.max():.3f}); "
       f"solver error median {err8.median():.1e}; asymmetry > 30 x solver error at {float((asym8 > 30 * err8).float().mean()):.0%} of points")
-assert asym8.median() > 100 * err8.median() and (asym8 > 30 * err8).float().mean() > 0.6
 # Not OT either: the asymmetry is small (a few percent, against tens of percent for the bars), which is
 # why a few hundred sampled pairs do not reveal it.
+
+# %% tags=["check"]
+assert tuple(J8.shape) == (60, 2, 2), f"J8 should hold one 2x2 Jacobian per prior point, shape (60, 2, 2); got {tuple(J8.shape)}"
+exercises.check_close("asym8", asym8, (J8 - J8.transpose(1, 2)).flatten(1).norm(dim=1) / J8.flatten(1).norm(dim=1),
+                      rtol=1e-8, atol=1e-12, hint="||J - J^T||_F / ||J||_F per point (ot.jacobian_asymmetry)")
+exercises.check_between("asym8.median()", float(asym8.median()), 5e-3, 1.0,
+                        hint="the Jacobians of the PF-ODE map itself, by autograd through the solve (pf_ode_jacobian), "
+                             "not symmetrised: for the eight Gaussians ||J - J^T|| / ||J|| is a few percent")
+exercises.check_between("err8.median()", float(err8.median()), 0.0, 1e-3,
+                        hint="the relative Frobenius gap between J8 and J8_half (the same solve with half the steps)")
+exercises.check_between("asym8.median() / err8.median()", float(asym8.median() / err8.median()), 100.0, math.inf,
+                        hint="the Jacobian of the PF-ODE map for the eight Gaussians is not symmetric, far beyond the "
+                             "solver error: the map is not the gradient of a convex function, so not an OT map")
+exercises.check_between("fraction of points with asym8 > 30 err8", float((asym8 > 30 * err8).float().mean()), 0.6, 1.0,
+                        hint="compare the asymmetry with the solver error point by point")
 
 # %% [markdown]
 # ## Summary
