@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib.pyplot as plt
 from torch import nn
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import ddpm
+from utils import ddpm, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     "test": dict(N=100, ddpm_steps=3000, ddpm_hidden=128, ddpm_depth=3, vae_steps=1000, vae_hidden=64,
@@ -824,41 +824,87 @@ if IMAGES:
 # %% [markdown]
 # ## Exercises
 #
-# **1. Conventions.** A colleague copies the monograph's formula $x_i=\sqrt{1-\beta_i^2}x_{i-1}+\beta_i\varepsilon$
-# but plugs in DDPM's published $\beta_i\in[10^{-4},0.02]$ ($N=1000$). What is $\bar\alpha_N$ then, and how much
-# of the data is left at the end of the chain compared with the correct conversion?
+# Each exercise has an answer cell (the student version leaves it empty) and a check cell after it:
+# run the check to test your answer; a wrong one says what is off and gives a hint.
+#
+# **Exercise 1 (conventions).** A colleague copies the monograph's formula $x_i=\sqrt{1-\beta_i^2}x_{i-1}+\beta_i\varepsilon$
+# but plugs in DDPM's published $\beta_i\in[10^{-4},0.02]$ ($N=1000$, linear). Compute the factor that multiplies
+# $x_0$ in $x_N$ (the monograph's $\bar\alpha_N$) with that mix-up into `alpha_bar_N_mixed`, and with the correct
+# conversion (Ho's $\beta_i$ is a variance, the monograph's $\beta_i$ is $\sqrt{\beta_i^\text{Ho}}$) into
+# `alpha_bar_N_right`. How much of the data is left at the end of the chain in each case?
 
 # %% tags=["solution"]
 ho = ddpm.DDPMChain.linear(1000)
-wrong = torch.prod(1 - ho.beta[1:] ** 2)           # treats Ho's variances as standard deviations
-right = ho.alpha_bar[-1]
-print(f"alpha_bar_N: correct {float(right):.2e}, mixed-up conventions {float(wrong):.3f}")
-# with the mix-up, sqrt(alpha_bar_N) ~ 0.93 of x_0 survives: the chain never reaches N(0, I)
-assert float(wrong) > 0.8 and float(right) < 1e-4
+alpha_bar_N_mixed = float(torch.prod(torch.sqrt(1 - ho.beta[1:] ** 2)))   # Ho's variances used as standard deviations
+alpha_bar_N_right = float(ho.alpha_bar[-1].sqrt())                          # the monograph's abar = sqrt(Ho's)
+print(f"monograph's alpha_bar_N: correct {alpha_bar_N_right:.2e}, mixed-up conventions {alpha_bar_N_mixed:.3f}")
+# with the mix-up, 0.93 of x_0 survives: the chain never reaches N(0, I)
+
+# %% tags=["check"]
+b_ho = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)          # DDPM's published schedule
+exercises.check_close("alpha_bar_N_mixed", alpha_bar_N_mixed, (0.5 * torch.log1p(-b_ho ** 2).sum()).exp(), rtol=1e-6,
+                      hint="the product of sqrt(1 - beta_i^2) with Ho's beta_i put in as if they were standard deviations")
+exercises.check_close("alpha_bar_N_right", alpha_bar_N_right, (0.5 * torch.log1p(-b_ho).sum()).exp(), rtol=1e-6,
+                      hint="each step multiplies x_0 by sqrt(1 - beta_i^Ho); the monograph's alpha_bar is the square root of Ho's")
 
 # %% [markdown]
-# **2. The two variances of Ho et al.** Sample with $\sigma_i^2=\beta_i$ (`variance="beta"`) instead of
-# $\tilde\beta_i$ and compare the sample quality with 1000 samples (use `metrics.sliced_wasserstein`
-# against fresh data). Which one is the exact reverse step when $x_0$ is a single point?
+# **Exercise 2 (the two variances of Ho et al.).** Sample 1000 points with $\sigma_i^2=\beta_i$ (`variance="beta"`)
+# and with $\tilde\beta_i$ (`"posterior"`) and store their sliced-Wasserstein distances to 1000 fresh data points
+# (`metrics.sliced_wasserstein`) in `sw_beta` and `sw_posterior`. Which one is the exact reverse step? For step
+# $i = N/2$ of `chain`, compute the true reverse variance $\operatorname{Var}[x_{i-1}\mid x_i]$ (per coordinate)
+# when $x_0$ is a single point into `var_point`, and when $x_0\sim\mathcal N(0, I)$ into `var_gauss`.
 
 # %% tags=["solution"]
 x_start = torch.randn(1000, 2, generator=torch.Generator().manual_seed(21))
+sw = {}
 for variance in ("posterior", "beta"):
     xs = ddpm.sample_ddpm(eps_net, x_start, chain, variance=variance, generator=torch.Generator().manual_seed(22))
-    print(f"{variance:9s}: SW to data {metrics.sliced_wasserstein(xs, reference(1000, torch.Generator().manual_seed(23))):.4f}")
+    sw[variance] = metrics.sliced_wasserstein(xs, reference(1000, torch.Generator().manual_seed(23)))
+    print(f"{variance:9s}: SW to data {sw[variance]:.4f}")
+sw_posterior, sw_beta = sw["posterior"], sw["beta"]
+k = N // 2
+var_point = float(chain.posterior(x_data[:1].double(), x_data[:1].double(), k)[1])   # beta~_k: x_0 known
+var_gauss = float(chain.beta[k])        # x_0 ~ N(0, I): x_{k-1} ~ N(0, I), so Var = 1 - alpha_k = beta_k
+print(f"step {k}: Var[x_(k-1) | x_k] = {var_point:.5f} for a point x_0 (beta~), {var_gauss:.5f} for x_0 ~ N(0, I) (beta)")
 # beta~_i is the exact posterior variance when x_0 is a point; beta_i is the right one when x_0 ~ N(0, I)
 # (Ho et al. Sec. 3.2); with many steps both work.
 
+# %% tags=["check"]
+# Gaussian conditioning: Var[a | b] = Var a - Cov(a, b)^2 / Var b, with x_k = sqrt(alpha_k) x_(k-1) + noise
+kk, ab_c = N // 2, chain.alpha_bar
+for name, value, var0 in (("var_point", var_point, 0.0), ("var_gauss", var_gauss, 1.0)):
+    var_prev = ab_c[kk - 1] * var0 + 1 - ab_c[kk - 1]                     # Var x_(k-1)
+    var_k = ab_c[kk] * var0 + 1 - ab_c[kk]                                # Var x_k
+    cov = chain.alpha[kk].sqrt() * var_prev
+    exercises.check_close(name, value, var_prev - cov ** 2 / var_k, rtol=1e-6,
+                          hint="a point x_0 gives the posterior variance beta~_k; x_0 ~ N(0, I) keeps every x_i ~ N(0, I), "
+                               "so Var[x_(k-1) | x_k] = 1 - alpha_k = beta_k")
+floor_1000 = metrics.noise_floor(reference, 1000)
+for name, value in (("sw_posterior", sw_posterior), ("sw_beta", sw_beta)):
+    exercises.check_between(f"{name} / noise floor at n = 1000", value / floor_1000, 0.5, 3.0,
+                            hint="1000 ancestral samples from x_N ~ N(0, I) (sample_ddpm) against 1000 fresh data points")
+
 # %% [markdown]
-# **3. What $\mathcal L_\text{simple}$ leaves out.** Compute the ratio $w_2/\min_i w_i$ of the ELBO weights
-# and evaluate the trained model's true negative ELBO with `ddpm.elbo_terms` on 500 points. How far is it from
-# the oracle's, and from $\mathbb E[-\log p_\text{data}]$?
+# **Exercise 3 (what $\mathcal L_\text{simple}$ leaves out).** Compute the ratio $w_2/\min_i w_i$ of the ELBO weights
+# into `w_ratio`, and the trained model's true negative ELBO (nats per point, averaged) on the 500 points `x_data[:500]`
+# with `ddpm.elbo_terms` into `nelbo_model`. How far is it from the oracle's, and from $\mathbb E[-\log p_\text{data}]$?
 
 # %% tags=["solution"]
-print(f"w_2 / min_i w_i = {float(w[1] / w[1:].min()):.1f}  (the minimum is at i = {int(w[1:].argmin()) + 2})")
-terms_model = ddpm.elbo_terms(eps_net, chain, x_data[:500], torch.Generator().manual_seed(24))
-print(f"E[-ELBO]: trained {float(terms_model.sum(1).mean()):.3f}, exact eps {float(terms_oracle[:500].sum(1).mean()):.3f}, "
+w_ratio = float(w[1] / w[1:].min())
+nelbo_model = float(ddpm.elbo_terms(eps_net, chain, x_data[:500], torch.Generator().manual_seed(24)).sum(1).mean())
+print(f"w_2 / min_i w_i = {w_ratio:.1f}  (the minimum is at i = {int(w[1:].argmin()) + 2})")
+print(f"E[-ELBO]: trained {nelbo_model:.3f}, exact eps {float(terms_oracle[:500].sum(1).mean()):.3f}, "
       f"E[-log p_data] {float(nll[:500].mean()):.3f} nats")
+
+# %% tags=["check"]
+# w_i = beta_i^2 / (2 beta~_i alpha_i (1 - abar_i)) simplifies, with beta~_i = (1 - abar_(i-1)) / (1 - abar_i) beta_i, to
+w_simplified = chain.beta[2:] / (2 * chain.alpha[2:] * (1 - chain.alpha_bar[1:-1]))          # i = 2..N
+exercises.check_close("w_ratio", w_ratio, w_simplified[0] / w_simplified.min(), rtol=1e-6,
+                      hint="w_i = beta_i^2 / (2 beta~_i alpha_i (1 - abar_i)) for i = 2..N (w_1 is infinite: L_0 is separate)")
+nelbo_exact = float(terms_oracle[:500].sum(1).mean())     # the exact eps: the best reverse means this chain allows
+exercises.check_between("nelbo_model", nelbo_model, nelbo_exact - 0.1, nelbo_exact + 1.5,
+                        hint="the negative ELBO is the SUM of the N + 1 terms of elbo_terms (L_0, the KLs, the prior), "
+                             "averaged over the points; it cannot beat the exact eps by more than sampling noise")
 
 # %% [markdown]
 # ## Summary
