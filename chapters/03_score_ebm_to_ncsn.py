@@ -25,7 +25,7 @@ ROOT = next(p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p /
 sys.path.insert(0, str(ROOT))
 import math, torch, matplotlib, matplotlib.pyplot as plt
 from utils import config, schedules, targets, gmm, data, nets, losses, training, samplers, metrics, plotting, widgets
-from utils import score_matching
+from utils import score_matching, exercises
 profile, device, gen = config.setup(seed=0)
 S = config.pick({
     "test": dict(n=8000, langevin_steps=300, plain_steps=500, ald_inner=200, sm_steps=400,
@@ -690,24 +690,40 @@ widgets.explore(draw_langevin, {"step_size": (0.005, 0.5, 0.005, 0.05), "sigma":
 # %% [markdown]
 # ## Exercises
 #
-# **Exercise 1 (implicit SM on a Gaussian).** For $p = \mathcal N(0, \tau^2 I_2)$ and the one-parameter model
-# $s_a(x) = -a x$, compute $J_{\rm ISM}(a)$ by hand and find its minimiser. Check numerically with
-# `score_matching.implicit_score_matching` over a grid of $a$.
+# Each exercise has an answer cell (the student version leaves it empty) and a check cell after it:
+# run the check to test your answer; a wrong one says what is off and gives a hint.
+#
+# **Exercise 1 (implicit SM on a Gaussian).** For $p = \mathcal N(0, \tau^2 I_2)$ with $\tau = 1.5$ and the one-parameter
+# model $s_a(x) = -a x$, compute $J_{\rm ISM}(a)$ by hand and store its minimiser in `a_star` and its minimum value in
+# `J_star` (numbers). Check numerically with `score_matching.implicit_score_matching` on 20,000 samples over a grid
+# of $a$ in $[0.1, 1]$, and store the grid's argmin in `a_best`.
 
 # %% tags=["solution"]
 # J_ISM(a) = E[tr(-a I) + a^2 |x|^2 / 2] = -2a + a^2 tau^2 (D = 2), minimised at a = 1 / tau^2: the true score -x/tau^2.
 tau = 1.5
+a_star, J_star = 1 / tau ** 2, -1 / tau ** 2
 xg = tau * torch.randn(20000, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 a_grid = torch.linspace(0.1, 1.0, 91, dtype=torch.float64)
 J = torch.tensor([score_matching.implicit_score_matching(lambda x, a=a: -a * x, xg).item() for a in a_grid])
 a_best = float(a_grid[J.argmin()])
-print(f"argmin over the grid: a = {a_best:.3f};  1/tau^2 = {1 / tau ** 2:.3f}")
-assert abs(a_best - 1 / tau ** 2) < 0.03
+print(f"argmin over the grid: a = {a_best:.3f};  by hand 1/tau^2 = {a_star:.3f};  min J = {float(J.min()):.3f} vs {J_star:.3f}")
+
+# %% tags=["check"]
+# the minimiser of the Fisher divergence is the true score, -x / tau^2, whatever the normaliser
+exercises.check_close("a_star", a_star, 1 / 1.5 ** 2, rtol=1e-9,
+                      hint="E|x|^2 = D tau^2 with D = 2, and tr(grad s_a) = -a D: J(a) = -2a + a^2 tau^2")
+exercises.check_close("J_star", J_star, -2 / 1.5 ** 2 + 0.5 * (1 / 1.5 ** 4) * 2 * 1.5 ** 2, rtol=1e-9,
+                      hint="put a* back into J(a) = -2a + a^2 tau^2")
+exercises.check_close("a_best", a_best, 1 / 1.5 ** 2, atol=0.03,
+                      hint="a_grid[J.argmin()]: the value of a, not the index, where the Monte Carlo J_ISM is smallest")
 
 # %% [markdown]
 # **Exercise 2 (variance of sliced SM).** Compare the spread of single-projection sliced estimates of
-# $J_{\rm ISM}$ for Rademacher and Gaussian projections, with and without the variance-reduced form
-# ($\tfrac12\|s\|^2$ in place of $\tfrac12(v^\top s)^2$), on 500 data points and 200 draws each. Which projection is better, and why? Does the variance-reduced form always help?
+# $J_{\rm ISM}$ for `net_b` on `x_data[:500]`, for Rademacher and Gaussian projections, with and without the
+# variance-reduced form ($\tfrac12\|s\|^2$ in place of $\tfrac12(v^\top s)^2$): draw 200 estimates each (fresh
+# projections every draw) and store the standard deviation of the 200 in the dict `spreads`, keyed
+# `(projection, variance_reduced)`, e.g. `spreads[("rademacher", False)]`. Which projection is better, and why?
+# Does the variance-reduced form always help?
 
 # %% tags=["solution"]
 spreads = {}
@@ -721,12 +737,27 @@ for proj in ("rademacher", "gaussian"):
 # Gaussian v also weights the diagonal randomly, so Rademacher projections give the smaller spread.
 # The variance-reduced form removes the noise of the (v^T s)^2 term, but that term can be correlated
 # with v^T J v (they share v), so it is not guaranteed to help: here it can go either way.
-for vr in (False, True):
-    assert spreads[("rademacher", vr)] < spreads[("gaussian", vr)]
+
+# %% tags=["check"]
+# The exact spread: per point the estimate is a quadratic form v^T M v, with M the symmetric part of
+# grad_x s (+ s s^T / 2 without variance reduction). Var v^T M v = 2 ||M||_F^2 for Gaussian v and
+# 2 sum_{i != j} M_ij^2 for Rademacher v; the 500 points' v are independent, so the variances add.
+xc = x_data[:500].detach().double().requires_grad_(True)
+sc = net_b(xc)
+Jac = torch.stack([torch.autograd.grad(sc[:, i].sum(), xc, retain_graph=True)[0] for i in range(2)], 1).detach()  # (B, 2, 2)
+sc = sc.detach()
+for (proj, vr) in [("rademacher", False), ("rademacher", True), ("gaussian", False), ("gaussian", True)]:
+    M = 0.5 * (Jac + Jac.transpose(1, 2)) + (0 if vr else 0.5 * sc[:, :, None] * sc[:, None, :])
+    per_point = 2 * (M ** 2).sum((1, 2)) - (2 * (torch.diagonal(M, dim1=1, dim2=2) ** 2).sum(1) if proj == "rademacher" else 0)
+    exercises.check_close(f"spreads[({proj!r}, {vr})]", spreads[(proj, vr)], per_point.sum().sqrt() / 500, rtol=0.25,
+                          hint="the standard deviation over 200 draws of sliced_score_matching(net_b, x_data[:500], ...) "
+                               "with one fresh projection per draw (not the standard error of their mean)")
 
 # %% [markdown]
-# **Exercise 3 (how many levels?).** Keep the total number of Langevin steps of Sec. 4 fixed but use
-# only 2 levels ($\sigma = 5$ and $0.05$). What left weight do you get, and why?
+# **Exercise 3 (how many levels?).** Keep the total number of Langevin steps of Sec. 4 fixed at $10 \times 30$ but use
+# only 2 levels ($\sigma = 5$ and $0.05$, i.e. VE times 1 and 0, 150 steps each) with the exact score `exact`, 4000
+# chains from the VE prior and the step size `step_size`. Store the left weight (`left_weight`) of the 2-level run in
+# `left_2` and of the 10-level run (`grid`, 30 steps each) in `left_10`. What do you get, and why?
 
 # %% tags=["solution"]
 total = 10 * 30
@@ -734,10 +765,20 @@ x2 = samplers.sample_annealed_langevin(exact, samplers.sample_prior(ve, (4000, 2
                                        torch.tensor([1.0, 0.0], dtype=torch.float64), total // 2, step_size, generator=gen)
 x10 = samplers.sample_annealed_langevin(exact, samplers.sample_prior(ve, (4000, 2), generator=gen, dtype=torch.float64),
                                         grid, total // 10, step_size, generator=gen)
-print(f"2 levels: left weight {left_weight(x2):.3f};  10 levels: {left_weight(x10):.3f};  truth 0.8")
+left_2, left_10 = left_weight(x2), left_weight(x10)
+print(f"2 levels: left weight {left_2:.3f};  10 levels: {left_10:.3f};  truth 0.8")
 # With a jump from sigma = 5 straight to 0.05 the small-noise chains start from a broad cloud whose
 # split between x1 < 0 and x1 > 0 is p_5's (about 0.6), and they cannot re-balance across the valley.
-assert abs(left_weight(x2) - 0.8) > abs(left_weight(x10) - 0.8)
+
+# %% tags=["check"]
+exercises.check_close("left_10", left_10, float(mix.weights[0]), atol=0.06,
+                      hint="annealed Langevin over the 10 levels of grid, 30 steps each, recovers the true weight")
+# p_5 = the data convolved with N(0, 5^2 I): its mass at x1 < 0 is what the sigma = 0.05 chains inherit
+s5 = math.sqrt(std_mode ** 2 + 5.0 ** 2)
+Phi = lambda z: 0.5 * (1 + math.erf(z / math.sqrt(2)))
+exercises.check_close("left_2", left_2, 0.8 * Phi(2 / s5) + 0.2 * Phi(-2 / s5), atol=0.06,
+                      hint="two levels, t = 1 (sigma 5) then t = 0 (sigma 0.05), 150 steps each: the chains keep "
+                           "p_5's split between the modes")
 
 # %% [markdown]
 # ## Summary
