@@ -285,13 +285,13 @@ exercises.check_between("sw_ratios[-1]", sw_ratios[-1], 0.7, 1.5,
 # **Exercise 2 (Euler or Heun at the same cost?).** Heun spends two network calls per step. From the same
 # noise `x[:1000]`, integrate the learned ODE with Euler in $2N$ steps and with Heun in $N$ steps,
 # $N = 8, 16, 32, 64$, and store the mean distance $\mathbb E\lVert x^\text{solver} - x^\text{ref}\rVert$ to a
-# fine RK4 solution of the *same* learned ODE (256 steps) in the lists `err_euler` and `err_heun`.
+# fine RK4 solution of the *same* learned ODE (128 steps) in the lists `err_euler` and `err_heun`.
 # Which wins at equal cost, and how fast does each error fall?
 
 # %% tags=["solution"]
 Ns = [8, 16, 32, 64]
 x_small = x[:1000]
-x_ref = samplers.sample_rk4(model, x_small, schedules.uniform_grid(256))
+x_ref = samplers.sample_rk4(model, x_small, schedules.uniform_grid(128))
 err_euler, err_heun = [], []
 for N in Ns:
     err_euler.append(float((samplers.sample_euler(model, x_small, schedules.uniform_grid(2 * N)) - x_ref).norm(dim=1).mean()))
@@ -307,10 +307,10 @@ p_euler = float(np.polyfit(np.log([16, 32, 64, 128]), -np.log(err_euler), 1)[0])
 exercises.check_between("Euler's fitted order (from err_euler)", p_euler, 0.7, 1.4,
                         hint="measure against RK4 of the same learned ODE, not against data or the oracle: "
                              "then Euler's error halves with each doubling of the steps")
-# the last entry, recomputed on 200 of the points: Euler in 128 steps against RK4 in 256
+# the last entry, recomputed on 200 of the points: Euler in 128 steps against RK4 in 128
 x_few = x[:200]
 e_few = (samplers.sample_euler(model, x_few, schedules.uniform_grid(128))
-         - samplers.sample_rk4(model, x_few, schedules.uniform_grid(256))).norm(dim=1).mean()
+         - samplers.sample_rk4(model, x_few, schedules.uniform_grid(128))).norm(dim=1).mean()
 exercises.check_close("err_euler[-1]", err_euler[-1], e_few, rtol=0.35,
                       hint="Euler gets 2N steps (two network calls per Heun step): 128 steps for N = 64")
 assert err_heun[-1] < 0.7 * err_euler[-1], (
