@@ -61,7 +61,7 @@ PARTS = _split(CHAPTERS)
 
 RUN_ALL_TIMEOUT_S = 900     # one chapter's "Run All" in the test profile (about 2 min alone)
 REDRAW_TIMEOUT_S = 120      # one slider move's redraw (1-2 s on a quiet machine)
-SERVER_START_TIMEOUT_S = 120
+SERVER_START_TIMEOUT_S = 300  # two servers start at once beside the unit tests on a loaded 2-core machine
 
 def _chromium() -> str | None:
     """Path of a Chromium on disk: $DIFFUSION_CHROMIUM, else Debian's or one on PATH."""

@@ -1,4 +1,6 @@
 """Student versions (utils/student.py) and the exercise checks (utils/exercises.py)."""
+import copy
+
 import nbformat
 import pytest
 import torch
@@ -87,3 +89,44 @@ def test_check_messages():
     exercises.check_between("order", 1.97, 1.8, 2.2)
     with pytest.raises(AssertionError, match=r"(?s)order = 1.2 lies outside .*Hint: halve"):
         exercises.check_between("order", 1.2, 1.8, 2.2, hint="halve the step")
+
+
+def test_a_chapter_student_version_end_to_end(tmp_path):
+    """The command on a real chapter (App. C, seconds in the test profile): the student notebook stops
+    at the first placeholder; with the chapter's answers put back every check passes; with one wrong
+    answer (the left-point sum for Exercise 2's Stratonovich sum) its check fails and says why."""
+    import subprocess
+    import sys
+
+    from nbclient.exceptions import CellExecutionError
+
+    run_cmd = subprocess.run([sys.executable, "-m", "utils.student", "--only", "C", "--out", str(tmp_path)],
+                             cwd=student.ROOT, capture_output=True, text=True, timeout=120)
+    assert run_cmd.returncode == 0, run_cmd.stderr[-2000:]
+    path = tmp_path / "C_ito_girsanov.ipynb"
+    original = nbformat.read(student.ROOT / "chapters" / path.name, as_version=4)
+    st = nbformat.read(path, as_version=4)
+    answers = [i for i, c in enumerate(original.cells) if "solution" in c.metadata.get("tags", [])]
+    assert len(answers) >= 3 and all(st.cells[i].source == student.CODE_PLACEHOLDER for i in answers)
+    assert all("check" in st.cells[i + 1].metadata.get("tags", []) for i in answers)   # a check after each answer
+    st.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3", "language": "python"})
+    for c in st.cells:  # the kernel runs where the chapter lives (its set-up cell finds utils/ above it)
+        c.metadata.pop("execution", None)
+
+    def execute(nb):
+        from nbclient import NotebookClient
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(student.ROOT / "chapters")}}).execute()
+        return nb
+
+    with pytest.raises(CellExecutionError, match="NotImplementedError"):
+        execute(copy.deepcopy(st))
+    for i in answers:
+        st.cells[i].source = original.cells[i].source
+    done = execute(copy.deepcopy(st))
+    passed = "".join(o.get("text", "") for i in answers for o in done.cells[i + 1].outputs)
+    assert passed.count("\u2713") >= len(answers)
+    strat = next(i for i in answers if "strat =" in original.cells[i].source)
+    st.cells[strat].source = "strat = (W[:, :-1] * dW).sum(1)   # the Ito (left-point) sum: wrong here"
+    with pytest.raises(CellExecutionError, match="(?s)strat is off.*telescopes"):
+        execute(st)
