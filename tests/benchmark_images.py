@@ -66,7 +66,7 @@ def draw_one_step(model, n, nfe, y, seed=0):
 
 
 def one_step_figures(args, ref, floor, clf):
-    cm = train.load_pretrained(ONE_STEP)
+    cm = train.load_pretrained(train.CHECKPOINT_DIR / ONE_STEP)  # by path: it may not be in the manifest yet
     out = {"fid_n": args.n, "fid_floor": round(floor, 4)}
     for nfe in (1, 2):
         f = fid.classifier_fid(draw_one_step(cm, args.n, nfe, NULL_LABEL), ref, clf)

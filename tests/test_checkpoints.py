@@ -13,12 +13,13 @@ from utils.solvers import dpm_solver_pp_2m
 from utils.targets import NULL_LABEL, Denoiser
 
 UNET, CLASSIFIER, NOISY = "fmnist_unet_cfg.pt", "fmnist_classifier.pt", "fmnist_noisy_classifier.pt"
+ONE_STEP = "fmnist_consistency.pt"
 ENTRIES = train.read_manifest()
 REAL = data.find_idx_folder("fashion-mnist")
 
 
 def test_manifest_matches_the_files():
-    assert {UNET, CLASSIFIER, NOISY} <= set(ENTRIES)
+    assert {UNET, CLASSIFIER, NOISY, ONE_STEP} <= set(ENTRIES)
     for name, entry in ENTRIES.items():
         path = train.CHECKPOINT_DIR / name
         assert path.stat().st_size < 10 * 2 ** 20, f"{name} is over 10 MB"
@@ -49,6 +50,26 @@ def test_models_load_and_draw_samples():
         assert torch.isfinite(x).all() and x.abs().max() < 1.5  # images live in [-1, 1]
     # guided samples of ten classes mostly land in their class (a real check of the weights)
     assert fid.classifier_accuracy(cfg.clamp(-1, 1), y, clf) >= 0.7
+
+
+def test_one_step_model_lands_near_its_teacher():
+    """One evaluation of the shipped consistency model from the teacher's noise lands nearer the
+    teacher's ODE endpoint than the teacher's own two-step sample, and keeps the labels."""
+    from utils import flowmaps
+
+    cm, unet, clf = train.load_pretrained(ONE_STEP), train.load_pretrained(UNET), train.load_pretrained(CLASSIFIER)
+    spec = cm.meta["spec"]
+    assert isinstance(cm, flowmaps.ConsistencyModel) and spec["teacher_sha256"] == ENTRIES[UNET]["sha256"]
+    y = torch.arange(20) % 10
+    x1 = fid.per_sample_noise((20, 1, 28, 28), seed=3)
+    with torch.no_grad():
+        teacher = fid.ClippedX0(unet)
+        end = dpm_solver_pp_2m(teacher, x1, train.teacher_grid(unet.schedule, 32), y=y)
+        two = dpm_solver_pp_2m(teacher, x1, train.teacher_grid(unet.schedule, 2), y=y)
+        one = cm(x1, 1.0, y).clamp(-1, 1)
+    dist = lambda a: float((a - end).flatten(1).norm(dim=1).mean())  # noqa: E731
+    assert dist(one) < 0.8 * dist(two), (dist(one), dist(two))
+    assert fid.classifier_accuracy(one, y, clf) >= 0.6
 
 
 @pytest.mark.skipif(REAL is None, reason="Fashion-MNIST is not installed (apt-get install dataset-fashion-mnist)")
