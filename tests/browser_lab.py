@@ -243,6 +243,17 @@ def _wait_redraw(page, explorer, before: str | None, what: str) -> float:
     return time.monotonic() - t0
 
 
+def _value_changed(page, slider, readout: str, timeout_s: float = 10.0) -> bool:
+    """Whether the slider's readout leaves ``readout`` within ``timeout_s`` (the drag registered)."""
+    try:
+        page.wait_for_function("([el, before]) => { const r = el.querySelector('.widget-readout');"
+                               " return !!r && r.textContent !== before; }",
+                               arg=[slider.element_handle(), readout], timeout=timeout_s * 1000)
+        return True
+    except playwright_api.TimeoutError:
+        return False
+
+
 def _drag_slider(page, slider):
     """Drag the handle a third of the track towards its far side (as a reader does with the mouse)."""
     handle = slider.locator(".noUi-handle").first
@@ -285,9 +296,13 @@ def run_chapter(lab, browser, name):
                 label = f"{name} explorer {k} slider {slider.locator('label').first.inner_text()!r}"
                 readout = slider.locator(".widget-readout").first.inner_text()
                 before = _figure_src(explorer)
-                _drag_slider(page, slider)
+                for attempt in range(3):  # a drag that did not register (the value unchanged) is made again
+                    _drag_slider(page, slider)
+                    if _value_changed(page, slider, readout):
+                        break
+                assert slider.locator(".widget-readout").first.inner_text() != readout, \
+                    f"{label}: value unchanged after three drags of the handle"
                 redraws.append((label, _wait_redraw(page, explorer, before, label)))
-                assert slider.locator(".widget-readout").first.inner_text() != readout, f"{label}: value unchanged"
             dropdowns = explorer.locator(".widget-dropdown select")
             for j in range(dropdowns.count()):
                 select = dropdowns.nth(j)
