@@ -130,3 +130,15 @@ def test_a_chapter_student_version_end_to_end(tmp_path):
     st.cells[strat].source = "strat = (W[:, :-1] * dW).sum(1)   # the Ito (left-point) sum: wrong here"
     with pytest.raises(CellExecutionError, match="(?s)strat is off.*telescopes"):
         execute(st)
+
+
+def test_every_answer_cell_is_followed_by_its_check():
+    """In every chapter, each code cell tagged solution is followed by a code cell tagged check
+    (open explorations have no answer cell, so nothing to check)."""
+    for path in sorted((student.ROOT / "chapters").glob("*_*.ipynb")):
+        cells = nbformat.read(path, as_version=4).cells
+        for i, c in enumerate(cells):
+            if c.cell_type == "code" and "solution" in c.metadata.get("tags", []):
+                nxt = next((d for d in cells[i + 1:] if d.cell_type == "code"), None)
+                assert nxt is not None and "check" in nxt.metadata.get("tags", []), \
+                    f"{path.name} cell {i}: an answer cell without a check cell after it"
