@@ -198,7 +198,7 @@ _TRACEBACKS_JS = """() => Array.from(document.querySelectorAll(
 
 
 def _open_and_run_all(page, url, token, name):
-    page.goto(f"{url}/lab?token={token}")
+    page.goto(f"{url}/lab/workspaces/{name}?reset&token={token}")  # a fresh workspace: nothing restored
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.started", timeout=120_000)
     page.evaluate("""async (path) => {
       const app = window.jupyterapp;
@@ -254,6 +254,18 @@ def _value_changed(page, slider, readout: str, timeout_s: float = 10.0) -> bool:
         return False
 
 
+def _key_slider(page, slider):
+    """Focus the slider's handle and press an arrow key a few times (towards the far side)."""
+    handle = slider.locator(".noUi-handle").first
+    handle.scroll_into_view_if_needed()
+    track = slider.locator(".noUi-target").first.bounding_box()
+    box = handle.bounding_box()
+    key = "ArrowRight" if box["x"] + box["width"] / 2 < track["x"] + track["width"] / 2 else "ArrowLeft"
+    handle.focus()
+    for _ in range(3):
+        page.keyboard.press(key)
+
+
 def _drag_slider(page, slider):
     """Drag the handle a third of the track towards its far side (as a reader does with the mouse)."""
     handle = slider.locator(".noUi-handle").first
@@ -296,12 +308,20 @@ def run_chapter(lab, browser, name):
                 label = f"{name} explorer {k} slider {slider.locator('label').first.inner_text()!r}"
                 readout = slider.locator(".widget-readout").first.inner_text()
                 before = _figure_src(explorer)
-                for attempt in range(3):  # a drag that did not register (the value unchanged) is made again
-                    _drag_slider(page, slider)
+                for attempt in range(3):  # a move that did not register (the value unchanged) is made again
+                    if attempt == 1:  # by the keyboard, as a reader may (and past anything over the handle)
+                        _key_slider(page, slider)
+                    else:
+                        page.keyboard.press("Escape")  # close a stray pop-up first
+                        _drag_slider(page, slider)
                     if _value_changed(page, slider, readout):
                         break
-                assert slider.locator(".widget-readout").first.inner_text() != readout, \
-                    f"{label}: value unchanged after three drags of the handle"
+                if slider.locator(".widget-readout").first.inner_text() == readout:
+                    shot = Path(os.environ.get("TMPDIR", "/tmp")) / f"browser_{name}_{k}_{j}.png"
+                    page.screenshot(path=str(shot), full_page=False)
+                    dialogs = page.locator(".jp-Dialog").all_inner_texts()
+                    pytest.fail(f"{label}: value unchanged after three drags of the handle; dialogs open: {dialogs}; "
+                                f"screenshot {shot}")
                 redraws.append((label, _wait_redraw(page, explorer, before, label)))
             dropdowns = explorer.locator(".widget-dropdown select")
             for j in range(dropdowns.count()):
